@@ -1,0 +1,273 @@
+"""Typed run configuration: one pydantic model per section, two levels deep, validated up front.
+
+A config is a YAML file whose top-level keys are the sections below. Every section forbids
+unknown keys, so a typo fails before any work starts and the error names the dotted key:
+
+>>> RunConfig.model_validate({"rollout": {"group_sise": 8}})
+Traceback (most recent call last):
+...
+r1lab.config.ConfigError: rollout.group_sise: unknown key (valid: engine, group_size, max_new_tokens, ...)
+
+Command-line overrides are dotted `section.key=value` strings whose values are parsed as YAML
+(`--set rollout.group_size=16 --set optim.lr=3e-4`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    """A small Llama built from scratch with a character-level tokenizer (the demo's model)."""
+
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    max_position_embeddings: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be a multiple of num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        return self
+
+
+class ModelConfig(Section):
+    """The policy: a local Hugging Face causal-LM directory, or a tiny model built from scratch."""
+
+    path: str | None = None
+    tiny: TinyModelConfig | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    threads: int | None = Field(None, gt=0, description="torch CPU threads; default: all cores")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if self.path is None and self.tiny is None:
+            self.tiny = TinyModelConfig()
+        return self
+
+
+class DataConfig(Section):
+    """Prompts. `source` is `synthetic:<task>` or a path to a jsonl/json/parquet file or HF dataset dir."""
+
+    source: str = "synthetic:addition"
+    template: str = "tiny"
+    prompt_field: str = "question"
+    answer_field: str = "answer"
+    train_size: int = Field(4000, gt=0)
+    heldout_size: int = Field(200, gt=0)
+    min_digits: int = Field(2, gt=0)
+    max_digits: int = Field(3, gt=0)
+    seed: int = 1234
+
+    @model_validator(mode="after")
+    def _digits(self) -> DataConfig:
+        if self.min_digits > self.max_digits:
+            raise ValueError("min_digits must be <= max_digits")
+        return self
+
+
+class RolloutConfig(Section):
+    engine: str = "hf"
+    group_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    stop: list[str] = Field(default_factory=list)
+
+
+class RewardComponent(Section):
+    name: str
+    weight: float = 1.0
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RewardsConfig(Section):
+    components: list[RewardComponent] = Field(
+        default_factory=lambda: [
+            RewardComponent(name="accuracy", weight=1.0),
+            RewardComponent(name="format", weight=0.5),
+        ]
+    )
+    workers: int = Field(1, ge=1)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class AlgorithmConfig(Section):
+    """Which registered estimator / loss / aggregation / KL to use, and their constants."""
+
+    advantage: str = "grpo"
+    loss: str = "clip"
+    aggregation: str = "token_mean"
+    kl_estimator: str = "k3"
+    beta: float = Field(0.0, ge=0.0, description="KL coefficient; 0 loads no reference model")
+    kl_in_reward: bool = False
+    eps_low: float = Field(0.2, ge=0.0)
+    eps_high: float = Field(0.2, ge=0.0)
+    dual_clip_c: float | None = Field(None, gt=1.0)
+    adv_eps: float = Field(1e-4, gt=0.0)
+    adv_ddof: int = Field(1, ge=0)
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    num_iterations: int = Field(1, ge=1)
+
+
+class OptimConfig(Section):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+
+
+class TrainConfig(Section):
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(16, ge=1, description="prompts per step; completions = batch_size * group_size")
+    micro_batch_size: int = Field(64, ge=1, description="completions per forward/backward")
+    seed: int = 1
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
+    deterministic: bool = False
+
+
+class PretrainConfig(Section):
+    """Next-token pre-training of the tiny base on a synthetic corpus (the demo's phase 1)."""
+
+    steps: int = Field(500, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    corpus_size: int = Field(20000, gt=0)
+    think_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class EvalConfig(Section):
+    num_problems: int = Field(200, ge=1)
+    k: int = Field(4, ge=1, description="samples per problem for pass@1 averaged over k")
+    temperatures: list[float] = Field(default_factory=lambda: [0.6, 1.0])
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="top-p for temperatures below 1.0")
+    greedy: bool = True
+    every: int = Field(0, ge=0, description="evaluate during training every N steps; 0 = off")
+    max_new_tokens: int | None = None
+
+
+class LogConfig(Section):
+    samples_per_step: int = Field(4, ge=0)
+    progress: bool = True
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> RunConfig:  # type: ignore[override]
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, cls)) from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _describe(exc: ValidationError, root: type[BaseModel]) -> str:
+    """Turn pydantic's report into one line per problem, each led by the dotted key."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(root, err["loc"][:-1])
+            shown = ", ".join(valid[:3]) + (", ..." if len(valid) > 3 else "")
+            lines.append(f"{key}: unknown key (valid: {shown})")
+        else:
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)]
+        nested = [a for a in inner if issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted `a.b=value` overrides (values parsed as YAML) to a raw config dict.
+
+    >>> apply_overrides({"rollout": {"group_size": 8}}, ["rollout.group_size=16", "optim.lr=3e-4"])
+    {'rollout': {'group_size': 16}, 'optim': {'lr': 0.0003}}
+    """
+    out = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+            node = child
+        parsed = yaml.safe_load(value)
+        # YAML reads "3e-4" as a string; users mean a number
+        if isinstance(parsed, str):
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        node[parts[-1]] = parsed
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults), apply overrides, validate. Errors name the key."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    return RunConfig.model_validate(raw)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(cfg.to_yaml())
