@@ -1,0 +1,200 @@
+"""Policy losses (per token, to be minimised) and PPO's clipped value loss.
+
+One signature, called through ``POLICY_LOSSES``::
+
+    per_token_loss, metrics = POLICY_LOSSES.get(name)(logp, old_logp, advantages, mask, **opts)
+
+``logp`` carries the gradient; ``old_logp`` (the sampling policy's log-probs), ``advantages`` and
+``mask`` are ``[N, T]`` and treated as constants. Add ``beta * kl`` to the per-token loss for a KL
+term in the loss, then reduce with an aggregation from ``AGGREGATIONS``. Metrics are scalar
+tensors over the completion tokens of this call (no gradient).
+
+The log ratio is clamped to [-20, 20] before ``exp``, as verl does, so a stale token can not
+overflow the ratio to inf.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from r1lab.algorithms.aggregation import masked_mean
+from r1lab.algorithms.metrics import approx_kl, clip_fractions
+from r1lab.registry import Registry
+
+POLICY_LOSSES: Registry = Registry(
+    "policy_loss", "(logp, old_logp, advantages, mask [N, T]) -> (per-token loss [N, T], metrics)"
+)
+
+LOG_RATIO_CLAMP = 20.0
+#: verl caps the sequence-level log ratio of GSPO at 10
+GSPO_LOG_RATIO_MAX = 10.0
+
+Metrics = dict[str, Tensor]
+
+
+def _clipped_surrogate(
+    ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    eps_low: float,
+    eps_high: float,
+    dual_clip_c: float | None,
+) -> tuple[Tensor, Metrics]:
+    """``-min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)``, optionally dual-clipped."""
+    unclipped = -advantages * ratio  # [N, T]
+    clipped = -advantages * ratio.clamp(1 - eps_low, 1 + eps_high)  # [N, T]
+    loss = torch.maximum(unclipped, clipped)  # [N, T]
+    metrics = clip_fractions(ratio, advantages, mask, eps_low=eps_low, eps_high=eps_high)
+    if dual_clip_c is not None:
+        if dual_clip_c <= 1.0:
+            raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
+        capped = torch.minimum(loss, -advantages * dual_clip_c)  # [N, T]
+        loss = torch.where(advantages < 0, capped, loss)  # [N, T]
+        dual = (advantages < 0) & (ratio.detach() > dual_clip_c)  # [N, T]
+        metrics["dual_clip_frac"] = masked_mean(dual.float(), mask)
+    return loss, metrics
+
+
+@POLICY_LOSSES.register("clip")
+def clip(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float | None = None,
+    dual_clip_c: float | None = None,
+) -> tuple[Tensor, Metrics]:
+    """PPO's clipped surrogate with token ratio ``pi / pi_old``, the GRPO loss.
+
+    ``eps_high`` defaults to ``eps_low`` (symmetric, PPO/GRPO); DAPO's clip-higher uses
+    ``eps_low=0.2, eps_high=0.28``. ``dual_clip_c`` (> 1, e.g. 3) caps the loss of a token with a
+    negative advantage at ``-c * A``, so a huge ratio on a bad token can not blow up the update
+    (Ye et al. 2020). Reproduces TRL's ``per_token_loss`` (``epsilon``, ``epsilon_high``, before
+    the KL term) and verl's ``compute_policy_loss`` (``clip_ratio_low/high``, ``clip_ratio_c``).
+
+    >>> logp = torch.log(torch.tensor([[1.5, 0.5, 4.0]]))  # old_logp = 0: ratios 1.5, 0.5, 4
+    >>> adv = torch.tensor([[1.0, -1.0, -1.0]])
+    >>> loss, m = clip(logp, torch.zeros(1, 3), adv, torch.ones(1, 3), eps_high=0.28)
+    >>> loss  # -min(1.5, 1.28), -min(-0.5, -0.8), -min(-4, -1.2)
+    tensor([[-1.2800,  0.8000,  4.0000]])
+    >>> clip(logp, torch.zeros(1, 3), adv, torch.ones(1, 3), dual_clip_c=3.0)[0]
+    tensor([[-1.2000,  0.8000,  3.0000]])
+    >>> round(m["clip_frac_high"].item(), 4), round(m["clip_frac_low"].item(), 4)
+    (0.3333, 0.3333)
+    """
+    eps_high = eps_low if eps_high is None else eps_high
+    log_ratio = (logp - old_logp.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, T]
+    ratio = torch.exp(log_ratio)  # [N, T]
+    loss, metrics = _clipped_surrogate(ratio, advantages, mask, eps_low, eps_high, dual_clip_c)
+    metrics["approx_kl"] = approx_kl(logp, old_logp, mask)
+    return loss, metrics
+
+
+@POLICY_LOSSES.register("dual_clip")
+def dual_clip(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float | None = None,
+    dual_clip_c: float = 3.0,
+) -> tuple[Tensor, Metrics]:
+    """``clip`` with the dual clip on by default at verl's ``clip_ratio_c = 3``.
+
+    >>> ratio = torch.tensor([[5.0]])
+    >>> dual_clip(ratio.log(), torch.zeros(1, 1), -torch.ones(1, 1), torch.ones(1, 1))[0]
+    tensor([[3.]])
+    """
+    return clip(
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        dual_clip_c=dual_clip_c,
+    )
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    eps_low: float = 3e-4,
+    eps_high: float = 4e-4,
+) -> tuple[Tensor, Metrics]:
+    """GSPO (Zheng et al. 2025): the clip acts on the sequence ratio, the geometric mean of the
+    token ratios ``s_i = exp(mean_t log(pi / pi_old))``.
+
+    Written in the GSPO-token form: every token's ratio has the value ``s_i`` but its own
+    gradient, ``sg[s_i] * pi_t / sg[pi_t]``. With advantages constant over a sequence and the
+    ``seq_mean_token_mean`` aggregation this is exactly GSPO's sequence objective; token-level
+    advantages also work. The default clip range is the paper's (3e-4, 4e-4). Reproduces verl
+    ``policy_loss.loss_mode=gspo`` (log ratio capped at 10) and TRL
+    ``importance_sampling_level="sequence_token"``.
+
+    >>> logp = torch.log(torch.tensor([[2.0, 0.5, 9.0]]))  # seq ratio sqrt(2 * 0.5) = 1
+    >>> mask = torch.tensor([[1, 1, 0]])  # the padded 9 is ignored
+    >>> gspo(logp, torch.zeros(1, 3), torch.full((1, 3), 2.0), mask)[0]  # -1 * A everywhere
+    tensor([[-2., -2., -2.]])
+    """
+    mask_f = mask.to(logp.dtype)  # [N, T]
+    seq_log_ratio = masked_mean(logp - old_logp.detach(), mask_f, dim=-1)  # [N]
+    log_ratio = logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1)  # [N, T]
+    ratio = torch.exp(log_ratio.clamp(max=GSPO_LOG_RATIO_MAX))  # [N, T]
+    loss, metrics = _clipped_surrogate(ratio, advantages, mask, eps_low, eps_high, None)
+    metrics["approx_kl"] = approx_kl(logp, old_logp, mask)
+    return loss, metrics
+
+
+@POLICY_LOSSES.register("pg")
+def pg(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor) -> tuple[Tensor, Metrics]:
+    """Plain policy gradient (REINFORCE): ``-A * log pi``, no ratio, no clip.
+
+    The gradient equals the clipped loss's at ``pi = pi_old`` (one update per batch); the loss
+    *value* is not comparable with the ratio losses. ``old_logp`` only feeds ``approx_kl``.
+
+    >>> pg(torch.tensor([[-1.0, -2.0]]), torch.zeros(1, 2), torch.tensor([[1.0, -0.5]]),
+    ...    torch.ones(1, 2))[0]
+    tensor([[ 1., -1.]])
+    """
+    return -advantages * logp, {"approx_kl": approx_kl(logp, old_logp, mask)}
+
+
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    *,
+    clip_range: float | None = 0.2,
+) -> tuple[Tensor, Metrics]:
+    """PPO's clipped critic loss, per token: ``0.5 * max((V - R)^2, (V_clip - R)^2)``.
+
+    ``V_clip = V_old + clip(V - V_old, -clip_range, clip_range)``; ``clip_range=None`` gives the
+    plain squared error. Reduce it with an aggregation as the policy loss. Reproduces verl
+    ``compute_value_loss`` (``cliprange_value``); metric ``vf_clip_frac`` as verl's.
+
+    >>> loss, m = value_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]]),
+    ...                      torch.tensor([[1.0, 1.0]]), torch.ones(1, 2))
+    >>> loss  # 0.5 * max(0, 0.8^2), 0.5 * max(1, 1)
+    tensor([[0.3200, 0.5000]])
+    >>> m["vf_clip_frac"]
+    tensor(0.5000)
+    """
+    old_values, returns = old_values.detach(), returns.detach()
+    unclipped = (values - returns).square()  # [N, T]
+    if clip_range is None:
+        return 0.5 * unclipped, {"vf_clip_frac": torch.zeros(())}
+    v_clip = old_values + (values - old_values).clamp(-clip_range, clip_range)  # [N, T]
+    clipped = (v_clip - returns).square()  # [N, T]
+    frac = masked_mean((clipped > unclipped).float().detach(), mask)
+    return 0.5 * torch.maximum(unclipped, clipped), {"vf_clip_frac": frac}
