@@ -138,8 +138,9 @@ def gspo(
     gradient, ``sg[s_i] * pi_t / sg[pi_t]``. With advantages constant over a sequence and the
     ``seq_mean_token_mean`` aggregation this is exactly GSPO's sequence objective; token-level
     advantages also work. The default clip range is the paper's (3e-4, 4e-4). Reproduces verl
-    ``policy_loss.loss_mode=gspo`` (log ratio capped at 10) and TRL
-    ``importance_sampling_level="sequence_token"``.
+    ``policy_loss.loss_mode=gspo`` (log ratio capped at 10) and, for sequence-level advantages,
+    TRL ``importance_sampling_level="sequence"`` in value and gradient under any aggregation
+    (verl and the paper pair it with ``seq_mean_token_mean``).
 
     >>> logp = torch.log(torch.tensor([[2.0, 0.5, 9.0]]))  # seq ratio sqrt(2 * 0.5) = 1
     >>> mask = torch.tensor([[1, 1, 0]])  # the padded 9 is ignored
