@@ -36,6 +36,8 @@ def _grouped(rewards: Tensor, group_size: int) -> Tensor:
         raise ValueError(f"rewards must be [N], got shape {tuple(rewards.shape)}")
     if group_size < 1 or rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    if not rewards.is_floating_point():
+        rewards = rewards.float()
     return rewards.view(-1, group_size)  # [B, G]
 
 
@@ -93,7 +95,7 @@ def grpo(
     if scale == "group":
         centred = centred / (_std(grouped, ddof, dim=1).unsqueeze(1) + eps)
     elif scale == "batch":
-        centred = centred / (_std(rewards, ddof) + eps)
+        centred = centred / (_std(grouped.reshape(-1), ddof) + eps)
     return _broadcast(centred.reshape(-1), mask)
 
 
@@ -130,7 +132,7 @@ def rloo(rewards: Tensor, *, group_size: int, mask: Tensor, values: Tensor | Non
     """
     grouped = _grouped(rewards, group_size)  # [B, G]
     if group_size == 1:
-        return _broadcast(torch.zeros_like(rewards), mask)
+        return _broadcast(torch.zeros_like(grouped.reshape(-1)), mask)
     others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)  # [B, G]
     return _broadcast((grouped - others).reshape(-1), mask)
 

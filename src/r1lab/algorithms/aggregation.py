@@ -29,7 +29,7 @@ number of sequences; r1lab follows TRL and the Dr. GRPO paper (mean over sequenc
 
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401 -- the docstring examples use it
 from torch import Tensor
 
 from r1lab.registry import Registry
@@ -55,8 +55,11 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked_sum(x, mask, dim) / count.clamp(min=1)
 
 
-def _count(given: float | int | Tensor | None, local: Tensor) -> Tensor | float:
-    return local.clamp(min=1) if given is None else given
+def _count(given: float | int | Tensor | None, local: Tensor | int) -> Tensor | float:
+    """The global count when given, else the local one (at least 1: an empty batch gives 0)."""
+    if given is not None:
+        return given
+    return local.clamp(min=1) if isinstance(local, Tensor) else float(max(local, 1))
 
 
 @AGGREGATIONS.register("token_mean")
@@ -108,8 +111,7 @@ def seq_mean_token_mean(
     """
     lengths = mask.to(per_token_loss.dtype).sum(-1).clamp(min=1)  # [N]
     per_seq = masked_sum(per_token_loss, mask, dim=-1) / lengths  # [N]
-    n = torch.tensor(float(per_seq.shape[0]), dtype=per_seq.dtype)
-    return per_seq.sum() / _count(num_seqs, n)
+    return per_seq.sum() / _count(num_seqs, per_seq.shape[0])
 
 
 @AGGREGATIONS.register("seq_mean_token_sum")
@@ -128,8 +130,7 @@ def seq_mean_token_sum(
     >>> seq_mean_token_sum(loss, mask)  # (6 + 4) / 2
     tensor(5.)
     """
-    n = torch.tensor(float(per_token_loss.shape[0]), dtype=per_token_loss.dtype)
-    return masked_sum(per_token_loss, mask) / _count(num_seqs, n)
+    return masked_sum(per_token_loss, mask) / _count(num_seqs, per_token_loss.shape[0])
 
 
 @AGGREGATIONS.register("seq_mean_token_sum_norm")
@@ -153,6 +154,5 @@ def seq_mean_token_sum_norm(
     >>> seq_mean_token_sum_norm(loss, mask, norm_len=5)  # (6 + 4) / (2 * 5)
     tensor(1.)
     """
-    n = torch.tensor(float(per_token_loss.shape[0]), dtype=per_token_loss.dtype)
     length = per_token_loss.shape[-1] if norm_len is None else norm_len
-    return masked_sum(per_token_loss, mask) / (_count(num_seqs, n) * length)
+    return masked_sum(per_token_loss, mask) / (_count(num_seqs, per_token_loss.shape[0]) * length)

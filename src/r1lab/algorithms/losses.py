@@ -194,7 +194,7 @@ def value_loss(
     old_values, returns = old_values.detach(), returns.detach()
     unclipped = (values - returns).square()  # [N, T]
     if clip_range is None:
-        return 0.5 * unclipped, {"vf_clip_frac": torch.zeros(())}
+        return 0.5 * unclipped, {"vf_clip_frac": torch.zeros((), device=values.device)}
     v_clip = old_values + (values - old_values).clamp(-clip_range, clip_range)  # [N, T]
     clipped = (v_clip - returns).square()  # [N, T]
     frac = masked_mean((clipped > unclipped).float().detach(), mask)
