@@ -1,0 +1,125 @@
+"""Runs as root inside a fresh session: confine this process, then execute the source from stdin.
+
+Started by `r1lab.rewards.sandbox.run_python` as `python -I -B _sandbox_init.py CONFIG_JSON`;
+standard library only, because it runs before anything is confined and must not import r1lab.
+Order matters: namespaces and mounts need root, so the uid is dropped last, just before the
+untrusted code runs (in this same interpreter, to save a second start-up).
+"""
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+WRITABLE = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"]  # world-writable on most hosts
+HIDDEN = ["/root", "/home"]  # other users' files: hidden behind an empty tmpfs
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(src, target, fstype, flags, data=None) -> None:
+    enc = [x.encode() if isinstance(x, str) else x for x in (src, target, fstype, data)]
+    _check(libc.mount(enc[0], enc[1], enc[2], flags, enc[3]), f"mount {target}")
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4].replace("\\040", " ") for line in f]
+
+
+def confine_filesystem(keep: list[str]) -> str:
+    """Everything read-only, fresh empty tmpfs on the shared writable dirs; returns the workdir."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    for mp in _mount_points():
+        if mp == "/proc" or mp.startswith(("/proc/", "/dev")):
+            continue
+        try:
+            _mount(None, mp, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        except OSError:
+            pass  # a mount we may not touch (locked); the uid drop still protects its files
+    tmpfs = MS_NOSUID | MS_NODEV
+    for d in WRITABLE:
+        if os.path.isdir(d):
+            _mount("tmpfs", d, "tmpfs", tmpfs, "size=64m,mode=1777")
+    for d in HIDDEN:
+        if not os.path.isdir(d):
+            continue
+        inside = [k for k in keep if k == d or k.startswith(d + "/")]
+        fds = [(k, os.open(k, os.O_RDONLY | os.O_DIRECTORY)) for k in inside]
+        _mount("tmpfs", d, "tmpfs", tmpfs | MS_NOEXEC, "size=1m,mode=755")
+        for k, fd in fds:  # the interpreter may live under /root (pyenv): put it back, read-only
+            os.makedirs(k, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
+            _mount(None, k, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            os.close(fd)
+        _mount(None, d, None, MS_REMOUNT | MS_RDONLY | tmpfs | MS_NOEXEC, "size=1m,mode=755")
+    os.makedirs("/tmp/work", mode=0o700)
+    return "/tmp/work"
+
+
+def set_limits(lim: dict) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (lim["memory_bytes"], lim["memory_bytes"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (lim["file_bytes"], lim["file_bytes"]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lim["open_files"], lim["open_files"]))
+    resource.setrlimit(resource.RLIMIT_NPROC, (lim["processes"], lim["processes"]))
+
+
+def main() -> None:
+    cfg = json.loads(sys.argv[1])
+    source = sys.stdin.buffer.read()
+    uid, workdir = cfg["uid"], cfg.get("workdir")
+    isolated = False
+    if cfg["namespaces"]:
+        flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+        try:
+            _check(libc.unshare(flags), "unshare")
+            workdir = confine_filesystem(cfg["keep"])
+            isolated = True
+        except OSError as e:
+            print(f"R1LAB_SANDBOX_DEGRADED {e}", file=sys.stderr, flush=True)
+    pid = os.fork()  # the child is PID 1 of the new pid namespace: when it exits, all of it dies
+    if pid:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    if isolated:
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+    set_limits(cfg["limits"])
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")  # after setuid
+    os.chdir(workdir)
+    os.environ.clear()
+    os.environ.update(HOME=workdir, TMPDIR=workdir, PATH="/usr/local/bin:/usr/bin:/bin")
+    os.environ.update(LANG="C.UTF-8", PYTHONDONTWRITEBYTECODE="1")
+    os.closerange(3, 65536)
+    sys.argv = ["main.py"]
+    code = compile(source, "main.py", "exec")
+    del cfg, source
+    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Run untrusted Python (code written by the model) confined, and always clean up after it.
+
+What a run gets (as root, the usual case in CI and containers):
+
+* its own session and process group, and a fresh pid namespace whose PID 1 is the code: when it
+  ends, the kernel kills every process it left behind (threads, daemons, `setsid` escapees);
+* a fresh network namespace with no interface up: no sockets out, not even to 127.0.0.1;
+* a private mount namespace: every host mount read-only, empty tmpfs over /tmp, /var/tmp,
+  /dev/shm, /run/lock, /root and /home (the interpreter's own directories are bound back
+  read-only); the cwd, HOME and TMPDIR are a fresh 64 MiB tmpfs dir that vanishes with it;
+* an unprivileged uid of its own (never 0, never shared with another run), no supplementary
+  groups, `no_new_privs` (setuid binaries gain nothing), so RLIMIT_NPROC binds and a fork bomb
+  stops at `processes`; root-only files (0600, /etc/shadow) are unreadable;
+* rlimits: CPU seconds, address space, file size, open files, processes, no core dumps;
+* a wall-clock timeout; stdout/stderr read up to a cap, the rest discarded;
+* at the end, SIGKILL to the process group and then to every process of its uid (sent *as* that
+  uid, so nothing else can be hit), until none is left.
+
+What it does not protect against: kernel exploits (no seccomp filter, shared kernel); reading
+world-readable host files outside the hidden dirs (e.g. /etc/passwd, the r1lab source); CPU and
+memory-bandwidth contention with the host; anything a run prints being trusted by the caller
+(the code reward judges results itself). Where namespaces are not available (unprivileged
+containers, some CI), the run still gets its uid, rlimits, timeout and kill-by-uid, but *can*
+reach the network and write to world-writable dirs: a loud warning says so. Without root there is
+no uid to drop to: the limits then apply to the caller's own uid, also with a warning.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_INIT = str(Path(__file__).with_name("_sandbox_init.py"))
+_UID_BASE, _UID_SPAN = 1_000_000, 1_000_000  # far above any real account
+_counter = itertools.count()
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 10.0
+    cpu_s: int = 10
+    memory_bytes: int = 1 << 30
+    file_bytes: int = 16 << 20
+    open_files: int = 64
+    processes: int = 32
+    output_bytes: int = 1 << 20
+
+
+@dataclass
+class RunResult:
+    returncode: int | None
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    wall_s: float
+    truncated: bool = False
+    isolated: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+        print(f"WARNING: {message}", file=sys.stderr)
+
+
+def _keep_paths() -> list[str]:
+    """Directories the confined interpreter must still read (bound back under hidden dirs)."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    paths.add(str(Path(sys.executable).resolve().parent.parent))
+    return sorted(os.path.realpath(p) for p in paths)
+
+
+def run_python(source: str, limits: Limits = Limits(), namespaces: bool = True) -> RunResult:
+    """Run `source` as `__main__` in a confined interpreter; never raises for what the code does.
+
+    >>> run_python("print(6 * 7)").stdout
+    b'42\\n'
+    """
+    is_root = os.geteuid() == 0
+    uid = _UID_BASE + (os.getpid() * 4096 + next(_counter)) % _UID_SPAN if is_root else None
+    if not is_root:
+        _warn_once("uid", "r1lab sandbox: not root, cannot drop to a private uid; a fork bomb is "
+                   "limited only by RLIMIT_NPROC on your own uid")  # fmt: skip
+    workdir = tempfile.mkdtemp(prefix="r1lab-sandbox-")
+    cfg = {
+        "uid": uid,
+        "workdir": workdir,
+        "namespaces": namespaces and is_root,
+        "keep": _keep_paths(),
+        "limits": {k: getattr(limits, k) for k in ("cpu_s", "memory_bytes", "file_bytes")}
+        | {"open_files": limits.open_files, "processes": limits.processes},
+    }
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-B", _INIT, json.dumps(cfg)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
+        cwd=workdir,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+    )
+    try:
+        out, err, truncated, timed_out = _communicate(proc, source.encode(), limits, start)
+    finally:
+        _kill_everything(proc, uid)
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = RunResult(proc.returncode, out, err, timed_out, time.monotonic() - start, truncated)
+    if b"R1LAB_SANDBOX_DEGRADED" in err or not cfg["namespaces"]:
+        result.isolated = False
+        _warn_once("ns", "r1lab sandbox: namespaces unavailable, model code CAN use the network "
+                   "and write to world-writable dirs: " + err.decode(errors="replace")[:200])  # fmt: skip
+    return result
+
+
+def _communicate(proc, data: bytes, limits: Limits, start: float):
+    """Feed stdin, read both pipes up to the cap until exit or the wall-clock deadline."""
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
+    bufs = {"out": bytearray(), "err": bytearray()}
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "out")
+    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    truncated = timed_out = False
+    deadline = start + limits.wall_s
+    while sel.get_map():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        for key, _ in sel.select(timeout=min(left, 0.5)):
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                continue
+            buf = bufs[key.data]
+            room = limits.output_bytes - len(buf)
+            truncated |= len(chunk) > room
+            buf += chunk[: max(room, 0)]
+    sel.close()
+    if not timed_out:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.05))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    return bytes(bufs["out"]), bytes(bufs["err"]), truncated, timed_out
+
+
+def _kill_everything(proc: subprocess.Popen, uid: int | None) -> None:
+    """SIGKILL the process group, then every process of the run's uid, then reap."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if uid is not None:
+        _kill_uid(uid)
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr, proc.stdin):
+        if pipe is not None:
+            pipe.close()
+
+
+def _kill_uid(uid: int) -> None:
+    """kill(-1, SIGKILL) as `uid`: reaches exactly the processes of that uid, forked or not."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            for _ in range(1000):
+                os.kill(-1, signal.SIGKILL)  # ESRCH once nothing of this uid is left
+        except BaseException:
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
