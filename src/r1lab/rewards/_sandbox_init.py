@@ -6,6 +6,7 @@ Order matters: namespaces and mounts need root, so the uid is dropped last, just
 untrusted code runs (in this same interpreter, to save a second start-up).
 """
 
+import contextlib
 import ctypes
 import json
 import os
@@ -46,10 +47,9 @@ def confine_filesystem(keep: list[str]) -> str:
     for mp in _mount_points():
         if mp == "/proc" or mp.startswith(("/proc/", "/dev")):
             continue
-        try:
+        # a mount we may not touch (locked) stays as it is; the uid drop still protects its files
+        with contextlib.suppress(OSError):
             _mount(None, mp, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        except OSError:
-            pass  # a mount we may not touch (locked); the uid drop still protects its files
     tmpfs = MS_NOSUID | MS_NODEV
     for d in WRITABLE:
         if os.path.isdir(d):

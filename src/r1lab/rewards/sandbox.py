@@ -27,6 +27,7 @@ no uid to drop to: the limits then apply to the caller's own uid, also with a wa
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -168,10 +169,8 @@ def _communicate(proc, data: bytes, limits: Limits, start: float):
 
 def _kill_everything(proc: subprocess.Popen, uid: int | None) -> None:
     """SIGKILL the process group, then every process of the run's uid, then reap."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     if uid is not None:
         _kill_uid(uid)
     proc.wait()
