@@ -179,7 +179,7 @@ def _match(gold: str, answer: str) -> tuple[bool, bool]:
         text = f"({text})"  # a bare list is read in order, never as an unordered set
     pred_parsed = _parse(text)
     if not pred_parsed or not gold_parsed:
-        return False, bool(pred_parsed)
+        return False, _parsed(pred_parsed)
     timeout = _TIMEOUT_S if _in_main_thread() else None
     ok = verify(gold_parsed, pred_parsed, allow_set_relation_comp=True, timeout_seconds=timeout)
     if not ok:
@@ -188,7 +188,12 @@ def _match(gold: str, answer: str) -> tuple[bool, bool]:
         # a sentence ("the answer is 42"): let math-verify's own answer extraction find the number
         sentence = parse(text, parsing_timeout=timeout)
         ok = bool(sentence) and verify(gold_parsed, sentence, timeout_seconds=timeout)
-    return bool(ok), True
+    return bool(ok), _parsed(pred_parsed)
+
+
+def _parsed(items: list) -> bool:
+    """math-verify falls back to the raw string when it cannot parse: that is a parse failure."""
+    return any(not isinstance(x, str) for x in items)
 
 
 def _vector_eq(gold: list, pred: list, timeout: int | None) -> bool:

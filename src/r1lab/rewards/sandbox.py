@@ -172,11 +172,33 @@ def _kill_everything(proc: subprocess.Popen, uid: int | None) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     if uid is not None:
+        deadline = time.monotonic() + 2.0
         _kill_uid(uid)
+        while uid_processes(uid) and time.monotonic() < deadline:
+            time.sleep(0.01)  # a fork bomb may still be dying; keep sweeping
+            _kill_uid(uid)
     proc.wait()
     for pipe in (proc.stdout, proc.stderr, proc.stdin):
         if pipe is not None:
             pipe.close()
+
+
+def uid_processes(uid: int) -> list[int]:
+    """Live (not zombie) processes owned by `uid`, from /proc."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in "ZX":
+            pids.append(int(name))
+    return pids
 
 
 def _kill_uid(uid: int) -> None:

@@ -1,0 +1,190 @@
+"""Hostile code, one attack per test. After each: the host is unchanged, this process is alive,
+the run ended within its limit, and no process of the run's uid is left."""
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from r1lab.rewards.sandbox import _UID_BASE, Limits, run_python
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX sandbox")
+FAST = Limits(wall_s=3.0, cpu_s=3, memory_bytes=512 << 20, processes=16, output_bytes=64 << 10)
+
+
+def sandbox_processes() -> list[int]:
+    """Live processes of any sandbox uid (zombies are dead, only waiting for their parent)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and d.stat().st_uid >= _UID_BASE:
+                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                pids += [int(d.name)] if state not in "ZX" else []
+        except OSError:
+            pass
+    return pids
+
+
+def contained(source: str, limits: Limits = FAST):
+    start = time.monotonic()
+    result = run_python(source, limits)
+    elapsed = time.monotonic() - start
+    assert elapsed < limits.wall_s + 2.0, elapsed
+    assert sandbox_processes() == []
+    return result
+
+
+def test_plain_run():
+    r = contained("print(6 * 7)")
+    assert (r.returncode, r.stdout, r.timed_out) == (0, b"42\n", False)
+
+
+def test_infinite_loop_is_cut_by_the_wall_clock():
+    r = contained("while True: pass", Limits(wall_s=1.0, cpu_s=5))
+    assert r.timed_out and r.wall_s < 2.5
+
+
+def test_cpu_limit_kills_a_busy_loop():
+    r = contained("while True: pass", Limits(wall_s=5.0, cpu_s=1))
+    assert not r.timed_out and r.returncode != 0
+
+
+def test_fork_bomb_is_contained():
+    r = contained(
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        Limits(wall_s=2.0, cpu_s=2, processes=16),
+    )
+    assert r.timed_out or r.returncode != 0
+    assert len(os.listdir("/proc")) > 0  # the host can still fork and list processes
+
+
+def test_memory_bomb_gets_memory_error():
+    r = contained("x = bytearray(4 << 30)", Limits(wall_s=3.0, memory_bytes=256 << 20))
+    assert b"MemoryError" in r.stderr
+
+
+def test_huge_output_is_capped():
+    r = contained("import sys\nwhile True: sys.stdout.write('x' * 65536)", Limits(wall_s=1.0, output_bytes=4096))
+    assert r.truncated and len(r.stdout) == 4096
+
+
+def test_writes_outside_the_temp_dir_and_into_home_do_not_reach_the_host(tmp_path):
+    target = tmp_path / "pwned"
+    home_probe = Path.home() / ".r1lab_sandbox_probe"
+    r = contained(
+        f"""
+import os
+for p in [{str(target)!r}, {str(home_probe)!r}, '/tmp/r1lab_pwned', '/var/tmp/r1lab_pwned',
+          '/dev/shm/r1lab_pwned', os.path.expanduser('~/.bashrc'), {str(Path.cwd() / 'pwned')!r}]:
+    try:
+        open(p, 'w').write('x'); print('wrote', p)
+    except OSError as e:
+        print('blocked', p)
+"""
+    )
+    assert r.returncode == 0
+    for p in [target, home_probe, Path("/tmp/r1lab_pwned"), Path("/var/tmp/r1lab_pwned"),
+              Path("/dev/shm/r1lab_pwned"), Path.cwd() / "pwned"]:  # fmt: skip
+        assert not p.exists(), p
+    for p in [target, home_probe, Path.cwd() / "pwned"]:
+        assert f"blocked {p}".encode() in r.stdout
+    if r.isolated:  # /tmp, /var/tmp, /dev/shm and HOME were private tmpfs: the writes landed there
+        assert b"wrote /tmp/work/.bashrc" in r.stdout
+
+
+def test_reading_host_secrets_fails(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET")
+    secret.chmod(0o600)
+    r = contained(
+        f"""
+for p in [{str(secret)!r}, '/etc/shadow', '/root/.bash_history', '/proc/1/environ']:
+    try:
+        print(open(p).read()[:100])
+    except OSError:
+        print('denied')
+"""
+    )
+    assert b"TOPSECRET" not in r.stdout and b"root:" not in r.stdout
+    assert r.stdout.count(b"denied") >= 3
+
+
+def test_network_is_unreachable_even_on_loopback():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    try:
+        r = contained(
+            f"""
+import socket
+for host in ['127.0.0.1', '8.8.8.8']:
+    try:
+        socket.create_connection((host, {port} if host == '127.0.0.1' else 53), timeout=1)
+        print('connected', host)
+    except OSError as e:
+        print('blocked', host)
+"""
+        )
+        with pytest.raises(TimeoutError):
+            server.accept()
+    finally:
+        server.close()
+    if not r.isolated:
+        pytest.skip("no network namespace on this host (the sandbox warned)")
+    assert r.stdout == b"blocked 127.0.0.1\nblocked 8.8.8.8\n"
+
+
+def test_spawned_shell_and_its_children_die_with_the_run(tmp_path):
+    marker = tmp_path / "shell_was_here"
+    r = contained(
+        f"import subprocess\nsubprocess.Popen('sleep 30 & touch {marker}; sleep 30', shell=True)\n"
+        "print('spawned')"
+    )
+    assert r.stdout == b"spawned\n"
+    assert not marker.exists()
+
+
+def test_killing_the_parent_or_its_group_hurts_nobody_outside():
+    r = contained(
+        "import os, signal\n"
+        "for pid in (os.getppid(), 0, -1, os.getpgid(0)):\n"
+        "    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass\n"
+        "try:\n    os.killpg(os.getpgid(0), signal.SIGKILL)\nexcept OSError:\n    pass\n"
+        "print('still here')"
+    )
+    assert r.returncode is not None  # we were not killed: this line runs
+    assert os.getpid() > 0
+
+
+def test_ignoring_sigterm_does_not_help():
+    r = contained(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)",
+        Limits(wall_s=1.0),
+    )
+    assert r.timed_out
+
+
+def test_threads_and_daemons_that_outlive_main_are_killed():
+    r = contained(
+        "import os, threading, time\n"
+        "threading.Thread(target=lambda: time.sleep(60)).start()\n"
+        "if os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+        "print('main done')",
+        Limits(wall_s=1.5),
+    )
+    assert r.stdout == b"main done\n"
+
+
+def test_without_namespaces_it_warns_loudly_and_still_contains_a_fork_bomb(capsys):
+    from r1lab.rewards import sandbox
+
+    sandbox._warned.discard("ns")
+    r = run_python("import os\nwhile True:\n    try: os.fork()\n    except OSError: pass",
+                   Limits(wall_s=1.0, cpu_s=2, processes=8), namespaces=False)  # fmt: skip
+    assert r.isolated is False and r.timed_out
+    assert "namespaces unavailable" in capsys.readouterr().err
+    assert sandbox_processes() == []
