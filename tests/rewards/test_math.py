@@ -1,7 +1,7 @@
 import pytest
+from tests_helpers_math import score_table  # noqa: F401  (path set in conftest)
 
 from r1lab.rewards.math import accuracy, answers_match, normalize, shape
-from tests_helpers_math import score_table  # noqa: F401  (path set in conftest)
 
 
 def test_demo_completion_scores_one():

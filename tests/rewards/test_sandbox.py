@@ -66,7 +66,10 @@ def test_memory_bomb_gets_memory_error():
 
 
 def test_huge_output_is_capped():
-    r = contained("import sys\nwhile True: sys.stdout.write('x' * 65536)", Limits(wall_s=1.0, output_bytes=4096))
+    r = contained(
+        "import sys\nwhile True: sys.stdout.write('x' * 65536)",
+        Limits(wall_s=1.0, output_bytes=4096),
+    )
     assert r.truncated and len(r.stdout) == 4096
 
 
@@ -77,7 +80,7 @@ def test_writes_outside_the_temp_dir_and_into_home_do_not_reach_the_host(tmp_pat
         f"""
 import os
 for p in [{str(target)!r}, {str(home_probe)!r}, '/tmp/r1lab_pwned', '/var/tmp/r1lab_pwned',
-          '/dev/shm/r1lab_pwned', os.path.expanduser('~/.bashrc'), {str(Path.cwd() / 'pwned')!r}]:
+          '/dev/shm/r1lab_pwned', os.path.expanduser('~/.bashrc'), {str(Path.cwd() / "pwned")!r}]:
     try:
         open(p, 'w').write('x'); print('wrote', p)
     except OSError as e:

@@ -1,0 +1,88 @@
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from r1lab.registry import UnknownComponentError
+from r1lab.rewards import REWARDS, RewardComposer, Score
+
+DEMO = "<think>23+45: 3+5=8, 2+4=6</think><answer>68</answer>"
+
+
+@REWARDS.register("test_boom")
+def boom(completion, row, **kwargs):
+    if "boom" in completion:
+        raise RuntimeError("bad sample")
+    return Score(2.0, {"long": len(completion) > 3, "n": len(completion)})
+
+
+@REWARDS.register("test_sleepy")
+def sleepy(completion, row, **kwargs):
+    time.sleep(float(completion))
+    return Score(1.0)
+
+
+def test_weighted_sum_and_components():
+    c = RewardComposer(
+        [{"name": "accuracy", "weight": 1.0, "kwargs": {}}, {"name": "format", "weight": 0.5}]
+    )
+    b = c([DEMO, "<answer>67</answer>"], [{"answer": "68"}, {"answer": "68"}])
+    assert b.total == [1.5, 0.0]
+    assert b.components == {"accuracy": [1.0, 0.0], "format": [1.0, 0.0]}
+    assert b.errors == 0
+    assert b.metrics["accuracy/mean"] == 0.5 and b.metrics["accuracy/no_answer_rate"] == 0.0
+    assert b.per_sample_metrics[0]["accuracy/extracted_answer"] == "68"
+
+
+def test_pydantic_like_objects_are_accepted():
+    item = SimpleNamespace(name="format", weight=2.0, kwargs={})
+    assert RewardComposer([item])([DEMO], [{}]).total == [2.0]
+
+
+def test_unknown_name_fails_at_construction():
+    with pytest.raises(UnknownComponentError, match="valid: .*accuracy"):
+        RewardComposer([{"name": "acuracy"}])
+
+
+def test_a_raising_reward_scores_zero_and_is_counted():
+    b = RewardComposer([{"name": "test_boom", "weight": 1.0}])(["ok!!", "boom", "ab"], [{}] * 3)
+    assert b.total == [2.0, 0.0, 2.0] and b.errors == 1
+    assert b.metrics["errors/test_boom"] == 1
+    assert b.metrics["test_boom/long_rate"] == 0.5 and b.metrics["test_boom/n_mean"] == 3.0
+
+
+def test_parallel_timeout_scores_zero():
+    c = RewardComposer([{"name": "test_sleepy"}], workers=2, timeout_s=0.3)
+    start = time.monotonic()
+    b = c(["0", "5", "0"], [{}] * 3)
+    assert time.monotonic() - start < 2.0
+    assert b.total == [1.0, 0.0, 1.0] and b.errors == 1
+    c.close()
+
+
+def test_parallel_matches_serial():
+    comps = [{"name": "accuracy"}, {"name": "format", "weight": 0.5}, {"name": "language"}]
+    texts = [DEMO, "<think>和</think><answer>68</answer>", "68"] * 4
+    rows = [{"answer": "68"}] * len(texts)
+    serial, par = RewardComposer(comps)(texts, rows), RewardComposer(comps, workers=3)(texts, rows)
+    assert serial.total == par.total and serial.components == par.components
+
+
+def test_user_function_by_import_path(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "def brevity(completion, row, **kw):\n    return 1.0 / (1 + len(completion))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    b = RewardComposer([{"name": "my_rewards:brevity"}])(["abc"], [{}])
+    assert b.total == [0.25]
+
+
+def test_fast_path_128_completions():
+    c = RewardComposer([{"name": "accuracy"}, {"name": "format", "weight": 0.5}])
+    texts = [f"<think>{i}+1</think><answer>{i + 1}</answer>" for i in range(128)]
+    rows = [{"answer": str(i + 1)} for i in range(128)]
+    c(texts, rows)  # warm the gold cache, as every RL step after the first
+    start = time.perf_counter()
+    b = c(texts, rows)
+    assert time.perf_counter() - start < 0.1
+    assert b.total == [1.5] * 128
