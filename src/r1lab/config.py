@@ -14,6 +14,7 @@ Command-line overrides are dotted `section.key=value` strings whose values are p
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,10 +245,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         parsed = yaml.safe_load(value)
         # YAML reads "3e-4" as a string; users mean a number
         if isinstance(parsed, str):
-            try:
+            with contextlib.suppress(ValueError):
                 parsed = float(parsed)
-            except ValueError:
-                pass
         node[parts[-1]] = parsed
     return out
 

@@ -7,7 +7,7 @@ problem into training or pre-training data.
 >>> task = TASKS.get("addition")
 >>> p = task.make(random.Random(0), min_digits=2, max_digits=2)
 >>> p.question, p.answer, p.think
-('49+97', '146', '9+7=16,4+9+1=14')
+('63+43', '106', '63+43:3+3=6;6+4:6+4=10')
 """
 
 from __future__ import annotations
@@ -53,18 +53,22 @@ def _number(rng: random.Random, min_digits: int, max_digits: int) -> int:
 
 
 def make_addition(rng: random.Random, min_digits: int = 2, max_digits: int = 3) -> Problem:
-    """Multi-digit addition, worked digit by digit from the right with explicit carries."""
+    """Multi-digit addition, worked digit by digit from the right with explicit carries.
+
+    Each step first restates what is left of both numbers, so the digits it adds are always the
+    last ones before `+` and `:` (a scratchpad a small model can follow).
+    """
     a, b = _number(rng, min_digits, max_digits), _number(rng, min_digits, max_digits)
-    da, db = str(a)[::-1], str(b)[::-1]
+    sa, sb = str(a), str(b)
     steps, carry = [], 0
-    for i in range(max(len(da), len(db))):
-        x = int(da[i]) if i < len(da) else 0
-        y = int(db[i]) if i < len(db) else 0
+    for i in range(max(len(sa), len(sb))):
+        ra, rb = sa[: len(sa) - i] or "0", sb[: len(sb) - i] or "0"
+        x, y = int(ra[-1]), int(rb[-1])
         terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
         total = x + y + carry
-        steps.append(f"{terms}={total}")
+        steps.append(f"{ra}+{rb}:{terms}={total}")
         carry = total // 10
-    return Problem(f"{a}+{b}", str(a + b), ",".join(steps), key=f"add:{min(a, b)}+{max(a, b)}")
+    return Problem(f"{a}+{b}", str(a + b), ";".join(steps), key=f"add:{min(a, b)}+{max(a, b)}")
 
 
 def make_linear(rng: random.Random, min_digits: int = 1, max_digits: int = 2) -> Problem:

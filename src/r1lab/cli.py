@@ -1,0 +1,108 @@
+"""The `r1lab` command: parses arguments, loads the config, calls one library function per command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="r1lab: reasoning trained into language models by RL with rule-based rewards.")
+train_app = typer.Typer(no_args_is_help=True, help="Training loops (GRPO, SFT).")
+app.add_typer(train_app, name="train")
+console = Console()
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value: section.key=value")]  # noqa: UP045
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="random seed of the whole run")] = 1,
+    config: Annotated[Optional[Path], typer.Option(help="config file (default: the embedded demo)")] = None,  # noqa: UP045
+    set_: SetOpt = None,
+) -> None:
+    """R1-Zero from scratch: pre-train a weak tiny base, GRPO it, compare on held-out problems."""
+    from r1lab.config import ConfigError
+    from r1lab.pipeline.demo import load_demo_config, run_demo
+
+    try:
+        cfg = load_demo_config(config, set_)
+    except ConfigError as exc:
+        _fail(exc)
+    run_demo(cfg, out, seed=seed, console=console)
+    console.print(f"run folder: [bold]{out}[/] (summary.json, metrics.jsonl, samples.jsonl, base/, rl/)")
+
+
+@train_app.command("grpo")
+def train_grpo(
+    config: Annotated[Path, typer.Argument(help="YAML config")],
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/grpo"),
+    set_: SetOpt = None,
+) -> None:
+    """GRPO on any local Hugging Face causal LM and any prompt dataset."""
+    from r1lab.config import ConfigError, load_config
+    from r1lab.pipeline.run import run_grpo
+
+    try:
+        cfg = load_config(config, set_)
+        run_grpo(cfg, out, console=console)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def score(
+    reward: Annotated[str, typer.Option(help="reward name(s), comma-separated, or module:function")],
+    input: Annotated[Path, typer.Option("--input", help="JSONL with completions")],  # noqa: A002
+    output: Annotated[Path, typer.Option("--output", help="JSONL written with `rewards`")],
+    completion_key: Annotated[str, typer.Option(help="field holding the completion")] = "completion",
+    answer_key: Annotated[str, typer.Option(help="field holding the gold answer")] = "answer",
+    tests_key: Annotated[str, typer.Option(help="field holding code tests")] = "tests",
+    workers: Annotated[int, typer.Option(help="parallel scoring threads")] = 1,
+) -> None:
+    """Score existing completions offline; each row comes back with `rewards: {name: score}`."""
+    from r1lab.registry import UnknownComponentError
+    from r1lab.rewards.score import format_summary, score_file
+
+    try:
+        summary = score_file(input, output, reward, completion_key=completion_key,
+                             answer_key=answer_key, tests_key=tests_key, workers=workers)
+    except (UnknownComponentError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    console.print(format_summary(summary), highlight=False)
+    console.print(f"scored rows written to [bold]{output}[/]")
+
+
+@app.command("list")
+def list_components() -> None:
+    """Every registered component, by kind (rewards, advantages, losses, ...)."""
+    import r1lab.algorithms  # noqa: F401  (registers)
+    import r1lab.data.tasks  # noqa: F401
+    import r1lab.data.templates  # noqa: F401
+    import r1lab.rewards  # noqa: F401
+    import r1lab.rollout.hf  # noqa: F401
+    from r1lab.registry import REGISTRIES
+
+    for kind, reg in sorted(REGISTRIES.items()):
+        console.print(f"[bold]{kind}[/] ({len(reg)}): {', '.join(reg.names())}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""GRPO: the one RL loop of r1lab (DeepSeek-R1, section 2.2.1; DeepSeekMath).
+
+One step reads as the paper's algorithm:
+
+1. sample B prompts and G completions each from the current policy (old policy = current);
+2. score every completion with the rule-based rewards (accuracy + format by default);
+3. normalise rewards within each group -> advantages (no critic, no value model);
+4. clipped-ratio policy loss (+ optional KL to a frozen reference), aggregated over tokens;
+5. one optimiser step (or `num_iterations` passes over mini-batches of the same rollouts).
+
+Every choice in 3-4 is a registered function named in the config (`algorithm.advantage`,
+`algorithm.loss`, `algorithm.aggregation`, `algorithm.kl_estimator`); this file never branches on
+algorithm names.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r1lab.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from r1lab.algorithms.metrics import zero_signal_groups
+from r1lab.config import RunConfig
+from r1lab.data.templates import TEMPLATES
+from r1lab.rewards import RewardComposer
+from r1lab.rollout import RolloutBatch, SamplingParams, build_engine
+from r1lab.train.common import (
+    JsonlWriter,
+    call_with,
+    completion_logprobs,
+    join_prompt_completion,
+    thinks,
+)
+from r1lab.train.progress import StepProgress
+
+
+class GRPOTrainer:
+    """Owns the policy, optimiser, rollout engine and rewards for one GRPO run."""
+
+    def __init__(self, cfg: RunConfig, model, tokenizer, rows: Sequence[dict[str, Any]],
+                 run_dir: str | Path, ref_model=None) -> None:
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.rows = list(rows)
+        self.run_dir = Path(run_dir)
+        alg = cfg.algorithm
+        # resolve every registered name now, so a typo fails before any compute
+        self.advantage_fn = ADVANTAGES.get(alg.advantage)
+        self.loss_fn = POLICY_LOSSES.get(alg.loss)
+        self.aggregate_fn = AGGREGATIONS.get(alg.aggregation)
+        self.kl_fn = KL_ESTIMATORS.get(alg.kl_estimator) if alg.beta > 0 else None
+        self.template = TEMPLATES.get(cfg.data.template)
+        self.rewards = RewardComposer(components=cfg.rewards.components,
+                                      workers=cfg.rewards.workers, timeout_s=cfg.rewards.timeout_s)
+        self.engine = build_engine(cfg.rollout.engine, model, tokenizer)
+        if alg.beta > 0 and ref_model is None:
+            from r1lab.models import load_reference
+
+            ref_model = load_reference(model)
+        self.ref_model = ref_model
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+            betas=(cfg.optim.beta1, cfg.optim.beta2),
+        )
+        warmup = cfg.optim.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.adv_options = {"eps": alg.adv_eps, "ddof": alg.adv_ddof, "scale": alg.scale_rewards}
+        self.loss_options = {"eps_low": alg.eps_low, "eps_high": alg.eps_high,
+                             "dual_clip_c": alg.dual_clip_c}
+        self.step_count = 0
+        self.data_rng = random.Random(cfg.train.seed)
+        self._order: list[int] = []
+
+    # ---------------------------------------------------------------- data
+    def next_prompts(self) -> list[dict[str, Any]]:
+        """The next B rows, reshuffled each epoch (a seeded permutation)."""
+        B = self.cfg.train.batch_size
+        while len(self._order) < B:
+            fresh = list(range(len(self.rows)))
+            self.data_rng.shuffle(fresh)
+            self._order += fresh
+        picked, self._order = self._order[:B], self._order[B:]
+        return [self.rows[i] for i in picked]
+
+    def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[int]]:
+        field = self.cfg.data.prompt_field
+        texts = [self.template(r[field], self.tokenizer) for r in rows]
+        special = self.cfg.data.template != "chat"  # a chat template already holds its specials
+        return self.tokenizer(texts, add_special_tokens=special)["input_ids"]
+
+    # ---------------------------------------------------------------- one step
+    def step(self) -> dict[str, Any]:
+        cfg, alg = self.cfg, self.cfg.algorithm
+        t0 = time.perf_counter()
+        rows = self.next_prompts()
+        G = cfg.rollout.group_size
+        params = SamplingParams(
+            n=G, max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop),
+            seed=cfg.train.seed * 1_000_003 + self.step_count,
+        )
+        # 1. sample G completions per prompt
+        rollout: RolloutBatch = self.engine.generate(self.encode(rows), params)
+        t_gen = time.perf_counter()
+        # 2. score them
+        group_rows = [r for r in rows for _ in range(G)]  # [N]
+        scored = self.rewards(rollout.texts, group_rows)
+        rewards = torch.tensor(scored.total, dtype=torch.float32)  # [N]
+        t_rew = time.perf_counter()
+        # 3. group-relative advantages
+        mask = rollout.completion_mask  # [N, T]
+        input_ids, attn, pos, L = join_prompt_completion(
+            rollout.prompt_ids, rollout.completion_ids, mask, self.engine.pad_id)  # [N, L+T]
+        ref_logp = self._ref_logprobs(input_ids, attn, pos, L) if self.kl_fn else None  # [N, T]
+        adv_rewards = rewards
+        if ref_logp is not None and alg.kl_in_reward:  # KL as a reward penalty, not a loss term
+            kl_seq = (self.kl_fn(rollout.logprobs, ref_logp) * mask).sum(-1)  # [N]
+            adv_rewards = rewards - alg.beta * kl_seq
+        advantages = call_with(self.advantage_fn, self.adv_options, rewards=adv_rewards,
+                               group_size=G, mask=mask)  # [N, T]
+        # 4-5. clipped policy loss and optimiser step(s)
+        update = self._update(input_ids, attn, pos, L, mask, rollout.logprobs, advantages, ref_logp)
+        self.step_count += 1
+        t_end = time.perf_counter()
+        metrics = {
+            "step": self.step_count,
+            "reward": rewards.mean().item(),
+            "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
+            **{f"reward/{k}": sum(v) / len(v) for k, v in scored.components.items()},
+            **{f"rewards/{k}": v for k, v in scored.metrics.items()},
+            "reward_errors": scored.errors,
+            "think_rate": sum(thinks(t) for t in rollout.texts) / len(rollout.texts),
+            "completion_len": rollout.lengths.float().mean().item(),
+            "truncated_rate": sum(f == "length" for f in rollout.finish_reasons) / len(rollout.texts),
+            "zero_signal_groups": zero_signal_groups(rewards, G).float().mean().item(),
+            **update,
+            "lr": self.scheduler.get_last_lr()[0],
+            "generate_s": t_gen - t0, "reward_s": t_rew - t_gen, "update_s": t_end - t_rew,
+            "step_s": t_end - t0,
+        }
+        if "accuracy" in scored.components:
+            metrics["accuracy"] = metrics["reward/accuracy"]
+        self._last_samples = [
+            {"step": self.step_count, "prompt": rows[i // G][cfg.data.prompt_field],
+             "answer": rows[i // G].get(cfg.data.answer_field), "completion": rollout.texts[i],
+             "reward": scored.total[i],
+             "rewards": {k: v[i] for k, v in scored.components.items()}}
+            for i in range(0, len(rollout.texts), max(1, len(rollout.texts) // max(1, cfg.log.samples_per_step)))
+        ][: cfg.log.samples_per_step]
+        return metrics
+
+    def _ref_logprobs(self, input_ids, attn, pos, L) -> torch.Tensor:
+        mb = self.cfg.train.micro_batch_size
+        with torch.no_grad():
+            return torch.cat([
+                completion_logprobs(self.ref_model, input_ids[i:i + mb], attn[i:i + mb],
+                                    pos[i:i + mb], L, self.cfg.rollout.temperature)
+                for i in range(0, len(input_ids), mb)])  # [N, T]
+
+    def _update(self, input_ids, attn, pos, L, mask, sampler_logp, advantages, ref_logp) -> dict[str, float]:
+        """`num_iterations` passes over the rollouts in micro-batches; one optimiser step per pass.
+
+        With one pass the policy has not moved since sampling, so old logprobs are the current
+        ones detached (ratio exactly 1, no extra forward). With more passes the sampler's
+        logprobs are the old policy's.
+        """
+        cfg, alg = self.cfg, self.cfg.algorithm
+        N, mb = len(input_ids), cfg.train.micro_batch_size
+        num_tokens, num_seqs = mask.sum(), float(N)  # global normalisers for the aggregation
+        totals: dict[str, float] = {}
+        self.model.train()
+        for _ in range(alg.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            for i in range(0, N, mb):
+                sl = slice(i, i + mb)
+                m = mask[sl]  # [n, T]
+                logp = completion_logprobs(self.model, input_ids[sl], attn[sl], pos[sl], L,
+                                           cfg.rollout.temperature)  # [n, T]
+                old = logp.detach() if alg.num_iterations == 1 else sampler_logp[sl]
+                per_token, lm = call_with(self.loss_fn, self.loss_options, logp=logp,
+                                          old_logp=old, advantages=advantages[sl], mask=m)
+                if ref_logp is not None and not alg.kl_in_reward:
+                    kl = self.kl_fn(logp, ref_logp[sl])  # [n, T]
+                    per_token = per_token + alg.beta * kl
+                    lm["kl"] = (kl * m).sum() / m.sum().clamp(min=1)
+                loss = self.aggregate_fn(per_token, m, num_tokens=num_tokens, num_seqs=num_seqs,
+                                         norm_len=cfg.rollout.max_new_tokens)
+                loss.backward()
+                share = m.sum().item() / max(1.0, num_tokens.item())
+                totals["loss"] = totals.get("loss", 0.0) + loss.item() / alg.num_iterations
+                for k, v in lm.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) * share / alg.num_iterations
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / alg.num_iterations
+            self.optimizer.step()
+        self.scheduler.step()
+        self.model.eval()
+        return totals
+
+    # ---------------------------------------------------------------- the run
+    def fit(self, steps: int | None = None, progress: bool | None = None) -> list[dict[str, Any]]:
+        """Run `steps` GRPO steps, logging metrics.jsonl / samples.jsonl and checkpointing."""
+        steps = self.cfg.train.steps if steps is None else steps
+        progress = self.cfg.log.progress if progress is None else progress
+        metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl")
+        samples_log = JsonlWriter(self.run_dir / "samples.jsonl")
+        history = []
+        try:
+            with StepProgress("grpo", steps, enabled=progress) as bar:
+                for _ in range(steps):
+                    m = self.step()
+                    history.append(m)
+                    metrics_log.write(m)
+                    for s in self._last_samples:
+                        samples_log.write(s)
+                    bar.update(reward=f"{m['reward']:.2f}", acc=f"{m.get('accuracy', float('nan')):.2f}",
+                               think=f"{m['think_rate']:.2f}", len=f"{m['completion_len']:.0f}")
+                    every = self.cfg.train.save_every
+                    if every and self.step_count % every == 0:
+                        self.save(self.run_dir / "checkpoints" / f"step-{self.step_count}")
+        finally:
+            metrics_log.close()
+            samples_log.close()
+        return history
+
+    def save(self, path: str | Path) -> Path:
+        """The policy and tokenizer in Hugging Face format (safetensors)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        return path
