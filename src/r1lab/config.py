@@ -127,7 +127,25 @@ class AlgorithmConfig(Section):
     adv_eps: float = Field(1e-4, gt=0.0)
     adv_ddof: int = Field(1, ge=0)
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    num_iterations: int = Field(1, ge=1)
+    num_iterations: int = Field(1, ge=1, description="passes over each batch of rollouts (mu)")
+    mini_batch_size: int | None = Field(
+        None, ge=1, description="completions per optimiser step; None = the whole batch")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop zero-signal groups, refill")
+    max_refill_rounds: int = Field(3, ge=0, description="extra rollout rounds per step at most")
+    mask_truncated: bool = Field(False, description="completions cut at max_new_tokens: no loss")
+
+
+class CriticConfig(Section):
+    """PPO's value model (a copy of the policy's backbone + a linear head) and GAE constants.
+
+    Defaults are verl's (`critic.optim.lr`, `critic.cliprange_value`, `algorithm.gamma/lam`).
+    """
+
+    lr: float = Field(1e-5, gt=0)
+    value_clip: float | None = Field(0.5, gt=0, description="PPO value clipping; None = off")
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(1.0, ge=0, le=1)
+    whiten: bool = Field(True, description="whiten GAE advantages over the batch")
 
 
 class OptimConfig(Section):
@@ -179,6 +197,7 @@ class RunConfig(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    critic: CriticConfig | None = Field(None, description="set to train PPO with a value model")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
