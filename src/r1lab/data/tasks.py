@@ -62,7 +62,7 @@ def make_addition(rng: random.Random, min_digits: int = 2, max_digits: int = 3) 
     sa, sb = str(a), str(b)
     steps, carry = [], 0
     for i in range(max(len(sa), len(sb))):
-        ra, rb = sa[: len(sa) - i] or "0", sb[: len(sb) - i] or "0"
+        ra, rb = sa[: max(0, len(sa) - i)] or "0", sb[: max(0, len(sb) - i)] or "0"
         x, y = int(ra[-1]), int(rb[-1])
         terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
         total = x + y + carry

@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny models built locally (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from r1lab.config import TinyModelConfig
+from r1lab.models.tiny import build_char_tokenizer, build_tiny_model
+
+MICRO = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _two_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture()
+def tokenizer():
+    return build_char_tokenizer()
+
+
+@pytest.fixture()
+def micro_model(tokenizer):
+    return build_tiny_model(MICRO, tokenizer, seed=0)
