@@ -164,25 +164,29 @@ class GRPOTrainer:
                 for i in range(0, len(input_ids), mb)])  # [N, T]
 
     def _update(self, input_ids, attn, pos, L, mask, sampler_logp, advantages, ref_logp) -> dict[str, float]:
-        """`num_iterations` passes over the rollouts in micro-batches; one optimiser step per pass.
+        """`num_iterations` passes over the rollouts; one optimiser step per mini-batch
+        (`algorithm.mini_batch_size` completions, default all), accumulated over micro-batches.
 
-        With one pass the policy has not moved since sampling, so old logprobs are the current
-        ones detached (ratio exactly 1, no extra forward). With more passes the sampler's
-        logprobs are the old policy's.
+        With one optimiser step the policy has not moved since sampling, so old logprobs are the
+        current ones detached (ratio exactly 1, no extra forward). With more steps the sampler's
+        logprobs are the old policy's (taken once per batch, at sampling).
         """
         cfg, alg = self.cfg, self.cfg.algorithm
         N, mb = len(input_ids), cfg.train.micro_batch_size
-        num_tokens, num_seqs = mask.sum(), float(N)  # global normalisers for the aggregation
+        mini = alg.mini_batch_size or N
+        starts = [j for _ in range(alg.num_iterations) for j in range(0, N, mini)]  # one step each
         totals: dict[str, float] = {}
         self.model.train()
-        for _ in range(alg.num_iterations):
+        for j in starts:
+            end = min(j + mini, N)
+            num_tokens, num_seqs = mask[j:end].sum().clamp(min=1), float(end - j)  # this step's
             self.optimizer.zero_grad(set_to_none=True)
-            for i in range(0, N, mb):
-                sl = slice(i, i + mb)
+            for i in range(j, end, mb):
+                sl = slice(i, min(i + mb, end))
                 m = mask[sl]  # [n, T]
                 logp = completion_logprobs(self.model, input_ids[sl], attn[sl], pos[sl], L,
                                            cfg.rollout.temperature)  # [n, T]
-                old = logp.detach() if alg.num_iterations == 1 else sampler_logp[sl]
+                old = logp.detach() if len(starts) == 1 else sampler_logp[sl]
                 per_token, lm = call_with(self.loss_fn, self.loss_options, logp=logp,
                                           old_logp=old, advantages=advantages[sl], mask=m)
                 if ref_logp is not None and not alg.kl_in_reward:
@@ -193,11 +197,11 @@ class GRPOTrainer:
                                          norm_len=cfg.rollout.max_new_tokens)
                 loss.backward()
                 share = m.sum().item() / max(1.0, num_tokens.item())
-                totals["loss"] = totals.get("loss", 0.0) + loss.item() / alg.num_iterations
+                totals["loss"] = totals.get("loss", 0.0) + loss.item() / len(starts)
                 for k, v in lm.items():
-                    totals[k] = totals.get(k, 0.0) + float(v) * share / alg.num_iterations
+                    totals[k] = totals.get(k, 0.0) + float(v) * share / len(starts)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-            totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / alg.num_iterations
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / len(starts)
             self.optimizer.step()
         self.scheduler.step()
         self.model.eval()
