@@ -36,6 +36,7 @@ from r1lab.train.common import (
     join_prompt_completion,
     thinks,
 )
+from r1lab.train.dapo import Sampled, fill_batch, loss_mask, sampled_entropy
 from r1lab.train.progress import StepProgress
 
 
@@ -98,20 +99,37 @@ class GRPOTrainer:
     def step(self) -> dict[str, Any]:
         cfg, alg = self.cfg, self.cfg.algorithm
         t0 = time.perf_counter()
-        rows = self.next_prompts()
         G = cfg.rollout.group_size
-        params = SamplingParams(
-            n=G, max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop),
-            seed=cfg.train.seed * 1_000_003 + self.step_count,
-        )
-        # 1. sample G completions per prompt
-        rollout: RolloutBatch = self.engine.generate(self.encode(rows), params)
-        t_gen = time.perf_counter()
-        # 2. score them
-        group_rows = [r for r in rows for _ in range(G)]  # [N]
-        scored = self.rewards(rollout.texts, group_rows)
-        rewards = torch.tensor(scored.total, dtype=torch.float32)  # [N]
+        spent = {"generate": 0.0, "reward": 0.0}
+
+        def sample(round_: int) -> Sampled:
+            rows = self.next_prompts()
+            params = SamplingParams(
+                n=G, max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop),
+                seed=cfg.train.seed * 1_000_003 + self.step_count + (round_ << 32),
+            )
+            t = time.perf_counter()
+            rollout: RolloutBatch = self.engine.generate(self.encode(rows), params)
+            t_gen = time.perf_counter()
+            # length rewards (e.g. DAPO's `overlong`) read the token count from the row
+            lengths = rollout.lengths.long().tolist()  # [N]
+            group_rows = [{**rows[i // G], "completion_tokens": n} for i, n in enumerate(lengths)]
+            scored = self.rewards(rollout.texts, group_rows)
+            spent["generate"] += t_gen - t
+            spent["reward"] += time.perf_counter() - t_gen
+            return Sampled(rows, rollout, torch.tensor(scored.total, dtype=torch.float32), scored)
+
+        # 1-2. sample G completions per prompt and score them; with DAPO's dynamic sampling, groups
+        # whose rewards are all equal are dropped and refilled from fresh prompts
+        if alg.dynamic_sampling:
+            first, batch, refills = fill_batch(sample, batch_groups=cfg.train.batch_size,
+                                               max_refill_rounds=alg.max_refill_rounds,
+                                               pad_id=self.engine.pad_id)
+        else:
+            first = batch = sample(0)
+            refills = 0
+        rollout, rewards = batch.rollout, batch.rewards  # [N]
         t_rew = time.perf_counter()
         # 3. group-relative advantages
         mask = rollout.completion_mask  # [N, T]
@@ -122,38 +140,54 @@ class GRPOTrainer:
         if ref_logp is not None and alg.kl_in_reward:  # KL as a reward penalty, not a loss term
             kl_seq = (self.kl_fn(rollout.logprobs, ref_logp) * mask).sum(-1)  # [N]
             adv_rewards = rewards - alg.beta * kl_seq
-        advantages = call_with(self.advantage_fn, self.adv_options, rewards=adv_rewards,
-                               group_size=G, mask=mask)  # [N, T]
+        advantages, extra = self._advantages(adv_rewards, mask, input_ids, attn, pos, L)  # [N, T]
+        # truncated completions still count in their group's statistics, but get no loss
+        train_mask = loss_mask(mask, rollout.finish_reasons) if alg.mask_truncated else mask
+        entropy = sampled_entropy(self.model, input_ids, attn, pos, L, train_mask,
+                                  cfg.rollout.temperature)  # the policy that sampled
         # 4-5. clipped policy loss and optimiser step(s)
-        update = self._update(input_ids, attn, pos, L, mask, rollout.logprobs, advantages, ref_logp)
+        update = self._update(input_ids, attn, pos, L, train_mask, rollout.logprobs, advantages,
+                              ref_logp)
         self.step_count += 1
         t_end = time.perf_counter()
+        # curves come from the first, unfiltered sample: comparable with or without refills
+        scored, texts, f_rewards = first.scored, first.rollout.texts, first.rewards
         metrics = {
             "step": self.step_count,
-            "reward": rewards.mean().item(),
-            "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
+            "reward": f_rewards.mean().item(),
+            "reward_std": f_rewards.std().item() if len(f_rewards) > 1 else 0.0,
             **{f"reward/{k}": sum(v) / len(v) for k, v in scored.components.items()},
             **{f"rewards/{k}": v for k, v in scored.metrics.items()},
             "reward_errors": scored.errors,
-            "think_rate": sum(thinks(t) for t in rollout.texts) / len(rollout.texts),
-            "completion_len": rollout.lengths.float().mean().item(),
-            "truncated_rate": sum(f == "length" for f in rollout.finish_reasons) / len(rollout.texts),
-            "zero_signal_groups": zero_signal_groups(rewards, G).float().mean().item(),
+            "think_rate": sum(thinks(t) for t in texts) / len(texts),
+            "completion_len": first.rollout.lengths.float().mean().item(),
+            "truncated_rate": sum(f == "length" for f in first.rollout.finish_reasons) / len(texts),
+            "zero_signal_groups": zero_signal_groups(f_rewards, G).float().mean().item(),
+            "entropy": entropy,
+            **({"refill_rounds": refills, "kept_groups": batch.num_groups / cfg.train.batch_size}
+               if alg.dynamic_sampling else {}),
+            **extra,
             **update,
             "lr": self.scheduler.get_last_lr()[0],
-            "generate_s": t_gen - t0, "reward_s": t_rew - t_gen, "update_s": t_end - t_rew,
-            "step_s": t_end - t0,
+            "generate_s": spent["generate"], "reward_s": spent["reward"],
+            "update_s": t_end - t_rew, "step_s": t_end - t0,
         }
         if "accuracy" in scored.components:
             metrics["accuracy"] = metrics["reward/accuracy"]
         self._last_samples = [
-            {"step": self.step_count, "prompt": rows[i // G][cfg.data.prompt_field],
-             "answer": rows[i // G].get(cfg.data.answer_field), "completion": rollout.texts[i],
+            {"step": self.step_count, "prompt": first.rows[i // G][cfg.data.prompt_field],
+             "answer": first.rows[i // G].get(cfg.data.answer_field), "completion": texts[i],
              "reward": scored.total[i],
              "rewards": {k: v[i] for k, v in scored.components.items()}}
-            for i in range(0, len(rollout.texts), max(1, len(rollout.texts) // max(1, cfg.log.samples_per_step)))
+            for i in range(0, len(texts), max(1, len(texts) // max(1, cfg.log.samples_per_step)))
         ][: cfg.log.samples_per_step]
         return metrics
+
+    def _advantages(self, rewards, mask, input_ids, attn, pos, L) -> tuple[torch.Tensor, dict[str, float]]:
+        """Advantages [N, T] and extra metrics. GRPO needs no critic; `PPOTrainer` overrides this."""
+        advantages = call_with(self.advantage_fn, self.adv_options, rewards=rewards,
+                               group_size=self.cfg.rollout.group_size, mask=mask)  # [N, T]
+        return advantages, {}
 
     def _ref_logprobs(self, input_ids, attn, pos, L) -> torch.Tensor:
         mb = self.cfg.train.micro_batch_size
