@@ -163,7 +163,10 @@ class TrainConfig(Section):
     micro_batch_size: int = Field(64, ge=1, description="completions per forward/backward")
     seed: int = 1
     save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
-    deterministic: bool = False
+    keep_last: int = Field(3, ge=1, description="checkpoints kept on disk (the newest ones)")
+    max_consecutive_skips: int = Field(
+        5, ge=1, description="stop after this many steps in a row skipped for a non-finite loss/gradient")
+    deterministic: bool = Field(False, description="deterministic kernels: same seed, same weights")
 
 
 class PretrainConfig(Section):
@@ -231,6 +234,8 @@ def _describe(exc: ValidationError, root: type[BaseModel]) -> str:
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc:
+        if isinstance(part, int):  # an index into a list of sections (rewards.components.0)
+            continue
         field = model.model_fields.get(str(part))
         if field is None:
             return []
@@ -261,7 +266,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
             node = child
-        parsed = yaml.safe_load(value)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
         # YAML reads "3e-4" as a string; users mean a number
         if isinstance(parsed, str):
             with contextlib.suppress(ValueError):
