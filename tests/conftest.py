@@ -18,6 +18,12 @@ def _two_threads():
 
 
 @pytest.fixture()
+def micro_tiny() -> TinyModelConfig:
+    """The smallest model config worth testing with (~30k parameters)."""
+    return MICRO
+
+
+@pytest.fixture()
 def tokenizer():
     return build_char_tokenizer()
 
