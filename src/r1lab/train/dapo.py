@@ -4,7 +4,7 @@
   so it adds nothing to the gradient but still dilutes the token normaliser. `fill_batch` drops
   such groups and samples more prompts until B groups with signal are kept, with at most
   `max_refill_rounds` extra rollout rounds per step (DAPO's `max_num_gen_batches`); if the
-  budget runs out the step trains on the groups it has.
+  budget runs out the step trains on the groups it has (the first round if none).
 * **Overlong filtering**: `loss_mask` zeroes the loss of completions cut at `max_new_tokens`,
   so a reasoning chain that was merely long is not punished as if it were wrong (TRL's
   `mask_truncated_completions`). The soft alternative is the `overlong` reward.
@@ -99,8 +99,8 @@ def fill_batch(
             break
         rounds += 1
         current = sample(rounds)
-    if not kept:  # every group of every round was zero-signal: an empty batch
-        kept.append(select_groups(first, []))
+    if not kept:  # every group of every round was zero-signal: train on the first round, as
+        return first, first, rounds  # plain GRPO would (its advantages are all 0)
     return first, concat_sampled(kept, pad_id), rounds
 
 
