@@ -1,0 +1,122 @@
+"""GRPO vs PPO with a critic on the demo task: peak memory and median step time, side by side.
+
+GRPO's claim (DeepSeekMath, section 4.1; DeepSeek-R1, "GRPO"): dropping PPO's value model saves
+the memory and compute of a second network as large as the policy. Both runs start from the
+same base, use the demo's batch (16 prompts x 8 completions, 96 new tokens) and seed, and run in
+fresh processes so each peak RSS is its own.
+
+    python benchmarks/bench_grpo_vs_ppo.py --base runs/compare_objectives/base --steps 20
+
+Reported per algorithm: peak RSS of the process (ru_maxrss), RSS after loading (so the
+difference is what training adds), bytes of trainable state (weights + gradients + Adam's two
+moments, for the policy and the critic), CUDA peak allocation when on a GPU, and the median
+step time with its parts (sampling / update, where PPO's update includes the critic's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ALGOS = {
+    "grpo": [],
+    "ppo": ["algorithm.advantage=gae", "critic={lr: 1.0e-3, gamma: 1.0, lam: 1.0}"],
+}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(algo: str, base: str, steps: int, seed: int, threads: int | None) -> dict:
+    import torch
+
+    from r1lab.config import ModelConfig
+    from r1lab.data.tasks import generate
+    from r1lab.models import load_policy
+    from r1lab.pipeline.demo import load_demo_config, synthetic_task
+    from r1lab.train.common import seed_everything
+    from r1lab.train.ppo import build_trainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_demo_config(overrides=[*ALGOS[algo], f"train.seed={seed}", "log.progress=false"])
+    cfg.model = ModelConfig(path=base, device="auto")
+    seed_everything(seed)
+    model, tokenizer = load_policy(cfg.model, seed=seed)
+    d = cfg.data
+    rows = [p.row() for p in generate(synthetic_task(cfg), d.train_size, seed=d.seed, split="train",
+                                      min_digits=d.min_digits, max_digits=d.max_digits)]
+    trainer = build_trainer(cfg, model, tokenizer, rows, Path("/tmp") / f"bench_{algo}_{seed}")
+    rss_loaded = rss_mb()
+    history = [trainer.step() for _ in range(steps)]
+    nets = [model] + ([trainer.critic] if hasattr(trainer, "critic") else [])
+    params = sum(p.numel() * p.element_size() for n in nets for p in n.parameters())
+    cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    timed = history[1:] or history  # the first step pays one-off allocation
+    return {
+        "algo": algo, "device": str(next(model.parameters()).device),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_load_mb": rss_loaded,
+        "train_state_mb": 4 * params / 2**20,  # weights + grads + 2 Adam moments
+        "cuda_peak_mb": cuda_peak,
+        "median_step_s": statistics.median(m["step_s"] for m in timed),
+        "median_generate_s": statistics.median(m["generate_s"] for m in timed),
+        "median_reward_s": statistics.median(m["reward_s"] for m in timed),
+        "median_update_s": statistics.median(m["update_s"] for m in timed),
+        "mean_completion_len": statistics.mean(m["completion_len"] for m in timed),
+        "reward_last5": statistics.mean(m["reward"] for m in history[-5:]),
+        "steps": steps,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="pre-trained base (HF dir), e.g. a demo run's base/")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--child", choices=sorted(ALGOS), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.base, args.steps, args.seed, args.threads)))
+        return
+    results = {}
+    for algo in ALGOS:  # one fresh process each: ru_maxrss is per process
+        cmd = [sys.executable, __file__, "--child", algo, "--base", args.base,
+               "--steps", str(args.steps), "--seed", str(args.seed)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results[algo] = json.loads(out.strip().splitlines()[-1])
+        print(f"{algo}: done in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    rows = [("device", "device", "{}"), ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+            ("RSS after load (MB)", "rss_after_load_mb", "{:.0f}"),
+            ("trainable state (MB)", "train_state_mb", "{:.2f}"),
+            ("CUDA peak (MB)", "cuda_peak_mb", "{}"),
+            ("median step (s)", "median_step_s", "{:.2f}"),
+            ("  sampling (s)", "median_generate_s", "{:.2f}"),
+            ("  scoring (s)", "median_reward_s", "{:.2f}"),
+            ("  update (s)", "median_update_s", "{:.2f}"),
+            ("mean completion len", "mean_completion_len", "{:.1f}"),
+            ("reward, last 5 steps", "reward_last5", "{:.3f}")]
+    print(f"\nGRPO vs PPO-with-critic, demo task, {args.steps} steps, seed {args.seed}\n")
+    print("| | " + " | ".join(results) + " |")
+    print("|---|" + "---|" * len(results))
+    for label, key, fmt in rows:
+        print(f"| {label} | " + " | ".join(fmt.format(r[key]) for r in results.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
