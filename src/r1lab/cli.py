@@ -47,6 +47,8 @@ def train_grpo(
     config: Annotated[Path, typer.Argument(help="YAML config")],
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/grpo"),
     set_: SetOpt = None,
+    resume: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="continue a run: bare --resume = the newest valid checkpoint of --out, or a path")] = None,
 ) -> None:
     """GRPO on any local Hugging Face causal LM and any prompt dataset."""
     from r1lab.config import ConfigError, load_config
@@ -54,9 +56,11 @@ def train_grpo(
 
     try:
         cfg = load_config(config, set_)
-        run_grpo(cfg, out, console=console)
+        result = run_grpo(cfg, out, console=console, resume=resume)
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
         _fail(exc)
+    if result.get("stopped"):  # SIGINT / SIGTERM: checkpointed, exit 128 + signal number
+        raise typer.Exit(result["exit_code"])
 
 
 @app.command()
@@ -96,9 +100,16 @@ def list_components() -> None:
         console.print(f"[bold]{kind}[/] ({len(reg)}): {', '.join(reg.names())}")
 
 
+def _bare_option(args: list[str], option: str, value: str) -> list[str]:
+    """Give an option its default value when written bare (`--resume` -> `--resume=latest`):
+    typer options cannot take an optional value."""
+    return [f"{option}={value}" if a == option and (i + 1 == len(args) or args[i + 1].startswith("-"))
+            else a for i, a in enumerate(args)]
+
+
 def main() -> None:
     try:
-        app()
+        app(_bare_option(sys.argv[1:], "--resume", "latest"))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)

@@ -7,6 +7,7 @@ line (1-based for jsonl, row index otherwise) and what is wrong with it.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ def _check_row(row: Any, where: str, required: tuple[str, ...]) -> dict[str, Any
         if field not in row:
             raise DataError(f"{where}: missing field {field!r} (has: {', '.join(map(str, row)) or 'none'})")
         value = row[field]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DataError(f"{where}: field {field!r} is {value}, not a usable value")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             row = {**row, field: str(value)}
         elif not isinstance(value, str):
@@ -45,20 +48,28 @@ def load_rows(path: str | Path, required: tuple[str, ...] = ("question", "answer
             ds = ds["train"] if "train" in ds else next(iter(ds.values()))
         rows = [_check_row(dict(r), f"{path} row {i}", required) for i, r in enumerate(ds)]
     elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason})") from None
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
                 rows.append(_check_row(row, f"{path}:{lineno}", required))
     elif path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not valid UTF-8 at byte {exc.start} ({exc.reason})") from None
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of rows")
         rows = [_check_row(r, f"{path} row {i}", required) for i, r in enumerate(data)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,10 @@ from r1lab.config import RunConfig, save_config
 from r1lab.data.loading import load_rows
 from r1lab.data.tasks import generate
 from r1lab.data.templates import TEMPLATES
+from r1lab.data.validate import check_config, check_tokenizer
 from r1lab.evaluation import evaluate, paper_protocols
 from r1lab.models import load_policy
+from r1lab.train.checkpoint import resolve_resume
 from r1lab.train.common import seed_everything
 from r1lab.train.grpo import GRPOTrainer
 
@@ -33,20 +36,48 @@ def load_prompt_rows(cfg: RunConfig) -> tuple[list[dict[str, Any]], list[dict[st
     return rows, []
 
 
-def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
+def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None,
+             resume: str | None = None) -> dict[str, Any]:
+    """Train, save `final/`, evaluate on the held-out split. `resume` is `latest` (the newest
+    valid checkpoint of `out_dir`, or a fresh start when it has none) or a checkpoint / run path.
+
+    The config's names, every data row and the tokenizer are checked before the run folder is
+    written or a step is taken. A SIGINT / SIGTERM ends the run after a checkpoint, with
+    `result["stopped"]` set and no final/eval.
+    """
     console = console or Console()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    TEMPLATES.get(cfg.data.template)  # fail on a bad template name before loading anything
-    train_rows, heldout = load_prompt_rows(cfg)
-    save_config(cfg, out / "config.yaml")
+    check_config(cfg)  # registered names and user rewards, before anything is loaded
+    train_rows, heldout = load_prompt_rows(cfg)  # DataError names file:line
+    warn = lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False)  # noqa: E731
+    start = resolve_resume(resume, out, warn) if resume else None
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     model, tokenizer = load_policy(cfg.model, seed=cfg.train.seed)
+    check_tokenizer(tokenizer, model, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     trainer = GRPOTrainer(cfg, model, tokenizer, train_rows, out)
-    history = trainer.fit()
+    if start is not None:
+        changed = trainer.resume(start)
+        console.print(f"resuming from {start} at step {trainer.step_count} of {cfg.train.steps}")
+        if changed:
+            warn(f"the config differs from the checkpoint's in: {', '.join(changed)}")
+        if trainer.step_count >= cfg.train.steps:
+            warn(f"the run is already at step {trainer.step_count} (train.steps={cfg.train.steps}):"
+                 " no step to take; raise train.steps to train further")
+    elif resume:
+        warn(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
+    trainer.fit()
+    if trainer.stop_signal:
+        code = 128 + signal.Signals[trainer.stop_signal].value
+        console.print(f"[yellow]{trainer.stop_signal}[/]: stopped after step {trainer.step_count}; "
+                      f"checkpoint {trainer.last_checkpoint}. Continue with --resume.", highlight=False)
+        return {"stopped": trainer.stop_signal, "steps": trainer.step_count,
+                "checkpoint": str(trainer.last_checkpoint), "exit_code": code}
     final = trainer.save(out / "final")
-    result: dict[str, Any] = {"steps": len(history), "final": str(final),
+    result: dict[str, Any] = {"steps": trainer.step_count, "final": str(final),
+                              "skipped_steps": trainer.skipped_steps,
                               "train_seconds": time.perf_counter() - t0}
     if heldout:
         template = TEMPLATES.get(cfg.data.template)

@@ -262,3 +262,22 @@ def trim_jsonl(path: str | Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(kept), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def config_changes(path: str | Path, current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose value differs between a checkpoint's run config and `current`."""
+    import yaml
+
+    saved = yaml.safe_load((Path(path) / CONFIG).read_text()) or {}
+    flat_saved, flat_now = _flatten(saved), _flatten(current)
+    return sorted(k for k in flat_saved.keys() | flat_now.keys()
+                  if flat_saved.get(k) != flat_now.get(k))
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in out.items()}

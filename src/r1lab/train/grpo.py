@@ -15,6 +15,7 @@ algorithm names.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from r1lab.config import RunConfig
 from r1lab.data.templates import TEMPLATES
 from r1lab.rewards import RewardComposer
 from r1lab.rollout import RolloutBatch, SamplingParams, build_engine
+from r1lab.train import checkpoint as ckpt
 from r1lab.train.common import (
     JsonlWriter,
     call_with,
@@ -38,6 +40,11 @@ from r1lab.train.common import (
 )
 from r1lab.train.dapo import Sampled, fill_batch, loss_mask, sampled_entropy
 from r1lab.train.progress import StepProgress
+from r1lab.train.signals import GracefulStop
+
+
+class NonFiniteError(ValueError):
+    """Too many optimiser steps in a row had a NaN/inf loss or gradient; the run stopped."""
 
 
 class GRPOTrainer:
@@ -77,6 +84,11 @@ class GRPOTrainer:
         self.step_count = 0
         self.data_rng = random.Random(cfg.train.seed)
         self._order: list[int] = []
+        self.skipped_steps = 0  # steps with a non-finite loss/gradient, whose update was skipped
+        self.consecutive_skips = 0
+        self.stop_signal: str | None = None  # "SIGTERM" when a signal ended `fit` early
+        self.last_checkpoint: Path | None = None
+        self._saved_step: int | None = None
 
     # ---------------------------------------------------------------- data
     def next_prompts(self) -> list[dict[str, Any]]:
@@ -236,6 +248,8 @@ class GRPOTrainer:
                     totals[k] = totals.get(k, 0.0) + float(v) * share / len(starts)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / len(starts)
+            if self._skip_nonfinite(totals["loss"], grad_norm, totals):  # numerics guard
+                continue
             self.optimizer.step()
         self.scheduler.step()
         self.model.eval()
@@ -243,29 +257,65 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------- the run
     def fit(self, steps: int | None = None, progress: bool | None = None) -> list[dict[str, Any]]:
-        """Run `steps` GRPO steps, logging metrics.jsonl / samples.jsonl and checkpointing."""
-        steps = self.cfg.train.steps if steps is None else steps
+        """Run GRPO steps up to `train.steps` (or `steps` more), logging metrics.jsonl /
+        samples.jsonl and checkpointing every `train.save_every` steps and at the end.
+
+        A resumed trainer continues from its step. SIGINT / SIGTERM finish the current step,
+        checkpoint and return early (`stop_signal` says which). A step whose loss or gradient is
+        not finite changes no weight and is counted; `train.max_consecutive_skips` of them in a
+        row checkpoint the last good weights and raise NonFiniteError.
+        """
+        tc = self.cfg.train
+        target = tc.steps if steps is None else self.step_count + steps
         progress = self.cfg.log.progress if progress is None else progress
         metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl")
         samples_log = JsonlWriter(self.run_dir / "samples.jsonl")
         history = []
         try:
-            with StepProgress("grpo", steps, enabled=progress) as bar:
-                for _ in range(steps):
+            with GracefulStop() as stop, StepProgress("grpo", target, enabled=progress) as bar:
+                bar.update(advance=self.step_count)
+                while self.step_count < target and not stop.requested:
                     m = self.step()
+                    self._count_skips(m)
                     history.append(m)
                     metrics_log.write(m)
                     for s in self._last_samples:
                         samples_log.write(s)
                     bar.update(reward=f"{m['reward']:.2f}", acc=f"{m.get('accuracy', float('nan')):.2f}",
                                think=f"{m['think_rate']:.2f}", len=f"{m['completion_len']:.0f}")
-                    every = self.cfg.train.save_every
-                    if every and self.step_count % every == 0:
-                        self.save(self.run_dir / "checkpoints" / f"step-{self.step_count}")
+                    if self.consecutive_skips >= tc.max_consecutive_skips:
+                        path = self.checkpoint()
+                        raise NonFiniteError(
+                            f"stopped at step {self.step_count}: {self.consecutive_skips} steps in a "
+                            f"row had a NaN/inf loss or gradient (train.max_consecutive_skips="
+                            f"{tc.max_consecutive_skips}); their updates were skipped, so {path} "
+                            "holds the last good weights. Check the rewards for NaN, or lower optim.lr.")
+                    if tc.save_every and self.step_count % tc.save_every == 0:
+                        self.checkpoint()
+                self.stop_signal = stop.requested
+                if self._saved_step != self.step_count:
+                    self.checkpoint()
         finally:
             metrics_log.close()
             samples_log.close()
         return history
+
+    def _count_skips(self, m: dict[str, Any]) -> None:
+        if m.get("skipped_updates"):
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+        else:
+            self.consecutive_skips = 0
+        m["skipped_steps"] = self.skipped_steps
+
+    def _skip_nonfinite(self, loss: float, grad_norm: torch.Tensor, totals: dict[str, float]) -> bool:
+        """Numerics guard: an optimiser step with a NaN/inf loss or gradient is not taken (weights
+        and optimiser state stay as they were) and is counted in `skipped_updates`."""
+        if math.isfinite(loss) and bool(torch.isfinite(grad_norm)):
+            return False
+        self.optimizer.zero_grad(set_to_none=True)
+        totals["skipped_updates"] = totals.get("skipped_updates", 0) + 1
+        return True
 
     def save(self, path: str | Path) -> Path:
         """The policy and tokenizer in Hugging Face format (safetensors)."""
@@ -274,3 +324,46 @@ class GRPOTrainer:
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the weights that the next step depends on."""
+        return {"step": self.step_count, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
+                "data": {"rng": self.data_rng.getstate(), "order": list(self._order)},
+                "skips": {"total": self.skipped_steps, "consecutive": self.consecutive_skips}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        self.data_rng.setstate(ckpt._tuples(state["data"]["rng"]))
+        self._order = [int(i) for i in state["data"]["order"]]
+        self.skipped_steps = int(state["skips"]["total"])
+        self.consecutive_skips = int(state["skips"]["consecutive"])
+
+    def checkpoint(self) -> Path:
+        """Write `checkpoints/step-N` atomically (weights, tokenizer, trainer state, config,
+        manifest) and keep the newest `train.keep_last`. See `r1lab.train.checkpoint`."""
+        def write(tmp: Path) -> None:
+            self.save(tmp)
+            torch.save(self.state_dict(), tmp / ckpt.STATE)
+            (tmp / ckpt.CONFIG).write_text(self.cfg.to_yaml())
+
+        self.last_checkpoint = ckpt.write_checkpoint(self.run_dir / "checkpoints", self.step_count,
+                                                     write, self.cfg.train.keep_last)
+        self._saved_step = self.step_count
+        return self.last_checkpoint
+
+    def resume(self, path: str | Path) -> list[str]:
+        """Continue from the checkpoint at `path` (weights, optimiser, scheduler, RNGs, data
+        position, step); metrics logged after it are dropped. Returns the config keys that
+        differ from the checkpoint's, for the caller to warn about."""
+        path = Path(path)
+        ckpt.load_weights(self.model, path)
+        self.load_state_dict(ckpt.load_state(path))
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            ckpt.trim_jsonl(self.run_dir / name, self.step_count)
+        self.last_checkpoint, self._saved_step = path, self.step_count
+        return ckpt.config_changes(path, self.cfg.model_dump(mode="json"))

@@ -1,0 +1,83 @@
+"""Checks run before any training: every mistake a config or a tokenizer can hold, found first.
+
+Rows are checked by `load_rows` (file and line in each error); this module checks what a row
+cannot tell: the names in the config resolve to registered components (or importable user
+functions), and the tokenizer has the special tokens the run needs. Each error is a
+ConfigError led by the dotted config key to change:
+
+>>> from r1lab.config import RunConfig
+>>> check_config(RunConfig.model_validate({"rewards": {"components": [{"name": "acuracy"}]}}))
+Traceback (most recent call last):
+...
+r1lab.config.ConfigError: rewards.components.0.name: unknown reward 'acuracy'; valid: accuracy, ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from r1lab.config import ConfigError, RunConfig
+from r1lab.registry import Registry, UnknownComponentError
+
+R1_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def _check_name(registry: Registry, name: str, key: str) -> None:
+    try:
+        registry.get(name)
+    except UnknownComponentError as exc:
+        shown = ", ".join(registry.names()[:4]) + (", ..." if len(registry) > 4 else "")
+        raise ConfigError(f"{key}: unknown {registry.kind} {name!r}; valid: {shown}") from exc
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Every registered name in `cfg` resolves; a user reward `module:function` imports."""
+    import r1lab.rollout.hf  # noqa: F401  (registers the "hf" engine)
+    from r1lab.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+    from r1lab.data.tasks import TASKS
+    from r1lab.data.templates import TEMPLATES
+    from r1lab.rewards import REWARDS, load_user_function
+    from r1lab.rollout import ENGINES
+
+    alg = cfg.algorithm
+    _check_name(TEMPLATES, cfg.data.template, "data.template")
+    if cfg.data.source.startswith("synthetic:"):
+        _check_name(TASKS, cfg.data.source.split(":", 1)[1], "data.source")
+    _check_name(ENGINES, cfg.rollout.engine, "rollout.engine")
+    _check_name(ADVANTAGES, alg.advantage, "algorithm.advantage")
+    _check_name(POLICY_LOSSES, alg.loss, "algorithm.loss")
+    _check_name(AGGREGATIONS, alg.aggregation, "algorithm.aggregation")
+    _check_name(KL_ESTIMATORS, alg.kl_estimator, "algorithm.kl_estimator")
+    if not cfg.rewards.components:
+        raise ConfigError("rewards.components: at least one reward is needed")
+    for i, comp in enumerate(cfg.rewards.components):
+        key = f"rewards.components.{i}.name"
+        if ":" not in comp.name:
+            _check_name(REWARDS, comp.name, key)
+            continue
+        try:
+            load_user_function(comp.name)
+        except (ImportError, AttributeError, ValueError, TypeError) as exc:
+            raise ConfigError(f"{key}: cannot load user reward {comp.name!r} "
+                              f"({type(exc).__name__}: {exc})") from None
+
+
+def check_tokenizer(tokenizer: Any, model: Any, cfg: RunConfig) -> None:
+    """The tokenizer can end a completion (eos), has a chat template when `data.template` is
+    `chat`, and spells the R1 tags when the format reward or the R1-Zero template needs them."""
+    where = f"model.path {cfg.model.path}" if cfg.model.path else "the tiny model's tokenizer"
+    gen = getattr(model, "generation_config", None)
+    if tokenizer.eos_token_id is None and getattr(gen, "eos_token_id", None) is None:
+        raise ConfigError(f"model.path: {where} defines no eos token, so no completion could end")
+    if cfg.data.template == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"data.template: 'chat' needs a chat template, and {where} has none "
+                          "(use data.template: r1_zero)")
+    names = {c.name for c in cfg.rewards.components}
+    if "format" in names or cfg.data.template == "r1_zero":
+        for tag in R1_TAGS:
+            ids = tokenizer(tag, add_special_tokens=False)["input_ids"]
+            unk = tokenizer.unk_token_id
+            if not ids or (unk is not None and unk in ids) or tokenizer.decode(ids).strip() != tag:
+                raise ConfigError(
+                    f"model.path: {where} cannot spell {tag!r} (it becomes unknown tokens), but "
+                    "the format reward and the r1_zero template need the R1 tags")
