@@ -86,6 +86,18 @@ def score(
     console.print(f"scored rows written to [bold]{output}[/]")
 
 
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder with metrics.jsonl")]) -> None:
+    """Self-contained HTML report of a run: curves, think rate, reflection words, samples."""
+    from r1lab.analysis.report import build_report
+
+    try:
+        path = build_report(run_dir)
+    except FileNotFoundError as exc:
+        _fail(exc)
+    console.print(f"report: [bold]{path}[/]")
+
+
 @app.command("list")
 def list_components() -> None:
     """Every registered component, by kind (rewards, advantages, losses, ...)."""

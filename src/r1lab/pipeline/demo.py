@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from r1lab.analysis.report import build_report
 from r1lab.config import RunConfig, load_config, save_config
 from r1lab.data.tasks import generate, stream
 from r1lab.data.templates import TEMPLATES
@@ -126,6 +127,7 @@ def run_demo(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Consol
         "checkpoints": {"base": str(out / "base"), "rl": str(out / "rl")},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    build_report(out)
     console.print(summary_table(summary))
     return summary
 
