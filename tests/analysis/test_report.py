@@ -54,7 +54,7 @@ def test_report_shows_curves_aha_step_and_escaped_samples(tmp_path: Path):
     assert "from step 3 on" in text
     assert "<think>wait 1</think><answer>4</answer>" in text  # shown as text, not markup
     assert len(parsed.imgs) == 1 and parsed.imgs[0].startswith("data:image/png;base64,")
-    assert ["reward", "0.400", "0.970"] == parsed.cells[:3]
+    assert parsed.cells[:3] == ["reward", "0.400", "0.970"]
 
 
 def test_report_of_a_folder_without_metrics_is_a_clear_error(tmp_path: Path):
