@@ -14,9 +14,11 @@ from r1lab.config import RunConfig
 BASE: dict[str, Any] = {
     "model": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
                        "intermediate_size": 64, "max_position_embeddings": 64}, "threads": 1},
-    "data": {"train_size": 24, "heldout_size": 2},
+    "data": {"train_size": 5, "heldout_size": 2},  # 5 rows: steps straddle epochs
     "rollout": {"group_size": 2, "max_new_tokens": 8},
-    "rewards": {"components": [{"name": "accuracy"}, {"name": "format", "weight": 0.5}]},
+    # a reward that varies within every group, so each step moves the weights (an untrained
+    # model never earns accuracy or format, and zero advantages would make every test vacuous)
+    "rewards": {"components": [{"name": f"{__name__}:digit_share"}, {"name": "format"}]},
     "train": {"steps": 4, "batch_size": 2, "micro_batch_size": 8, "seed": 3, "save_every": 2,
               "deterministic": True, "keep_last": 3},
     "optim": {"lr": 0.01},
@@ -43,6 +45,11 @@ def weights(path: str | Path) -> dict[str, torch.Tensor]:
 def same_weights(a: str | Path, b: str | Path) -> bool:
     wa, wb = weights(a), weights(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ---------------------------------------------------------------- rewards
+def digit_share(completion: str, row: dict, **kwargs: Any) -> float:
+    return sum(c.isdigit() for c in completion) / max(1, len(completion))
 
 
 # ---------------------------------------------------------------- rewards with failures
