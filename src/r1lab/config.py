@@ -222,7 +222,7 @@ def _describe(exc: ValidationError, root: type[BaseModel]) -> str:
     """Turn pydantic's report into one line per problem, each led by the dotted key."""
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = ".".join(_shown(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(root, err["loc"][:-1])
             shown = ", ".join(valid[:3]) + (", ..." if len(valid) > 3 else "")
@@ -230,6 +230,13 @@ def _describe(exc: ValidationError, root: type[BaseModel]) -> str:
         else:
             lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+def _shown(part: Any) -> str:
+    """A key as written, or quoted when it is empty or holds spaces, colons or control chars."""
+    text = str(part)
+    plain = text and text.isprintable() and not any(c.isspace() or c == ":" for c in text)
+    return text if plain else repr(text)
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -269,7 +276,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.problem})") from None
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
         # YAML reads "3e-4" as a string; users mean a number
         if isinstance(parsed, str):
             with contextlib.suppress(ValueError):
