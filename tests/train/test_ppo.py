@@ -67,17 +67,17 @@ def test_ppo_step_trains_policy_and_critic(tmp_path: Path, micro_model, tokenize
 
 
 def test_critic_regression_reduces_the_value_loss(tmp_path, micro_model, tokenizer):
-    trainer = PPOTrainer(make_cfg(critic={"lr": 1e-2, "value_clip": None}), micro_model, tokenizer,
+    trainer = PPOTrainer(make_cfg(critic={"lr": 1e-3, "value_clip": None}), micro_model, tokenizer,
                          rows(), tmp_path)
-    ids = torch.randint(3, 50, (4, 8))
+    ids = torch.randint(3, 50, (4, 8), generator=torch.Generator().manual_seed(0))
     attn, pos, mask = torch.ones_like(ids), torch.arange(8).expand(4, 8), torch.ones(4, 4)
     returns = torch.tensor([[1.0], [0.0], [1.0], [0.5]]).expand(4, 4)
     losses = []
-    for _ in range(5):
+    for _ in range(6):
         with torch.no_grad():
             values = trainer.critic(ids, attn, pos, 4)
         losses.append(trainer._update_critic(ids, attn, pos, 4, mask, values, returns)["value_loss"])
-    assert losses[-1] < losses[0]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
 
 
 def test_build_trainer_picks_ppo_from_a_critic_section(tmp_path, micro_model, tokenizer):
