@@ -27,7 +27,7 @@ from r1lab.data.templates import TEMPLATES
 from r1lab.evaluation import evaluate, paper_protocols
 from r1lab.models import load_policy
 from r1lab.train.common import seed_everything
-from r1lab.train.grpo import GRPOTrainer
+from r1lab.train.ppo import build_trainer  # GRPO, or PPO when the config has a critic
 from r1lab.train.sft import train_sft
 
 
@@ -105,7 +105,7 @@ def run_demo(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Consol
 
     console.rule("[bold]3/4 R1-Zero: GRPO with rule-based rewards")
     t = time.perf_counter()
-    trainer = GRPOTrainer(cfg, model, tokenizer, train_rows, out)
+    trainer = build_trainer(cfg, model, tokenizer, train_rows, out)
     trainer.fit()
     trainer.save(out / "rl")
     timings["grpo"] = time.perf_counter() - t

@@ -19,7 +19,7 @@ from r1lab.evaluation import evaluate, paper_protocols
 from r1lab.models import load_policy
 from r1lab.train.checkpoint import resolve_resume
 from r1lab.train.common import seed_everything
-from r1lab.train.grpo import GRPOTrainer
+from r1lab.train.ppo import build_trainer  # GRPO, or PPO when the config has a critic
 
 
 def load_prompt_rows(cfg: RunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -57,7 +57,7 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
-    trainer = GRPOTrainer(cfg, model, tokenizer, train_rows, out)
+    trainer = build_trainer(cfg, model, tokenizer, train_rows, out)
     if start is not None:
         changed = trainer.resume(start)
         console.print(f"resuming from {start} at step {trainer.step_count} of {cfg.train.steps}")
