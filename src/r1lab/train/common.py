@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import json
 import random
 from collections.abc import Callable
@@ -18,6 +19,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic on GPU (no effect on CPU)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
