@@ -3,7 +3,8 @@
 GRPO's claim (DeepSeekMath, section 4.1; DeepSeek-R1, "GRPO"): dropping PPO's value model saves
 the memory and compute of a second network as large as the policy. Both runs start from the
 same base, use the demo's batch (16 prompts x 8 completions, 96 new tokens) and seed, and run in
-fresh processes so each peak RSS is its own.
+fresh processes so each peak RSS is its own; step times come from a third process that steps
+both trainers alternately, so a shared machine's changing load hits both alike.
 
     python benchmarks/bench_grpo_vs_ppo.py --base runs/compare_objectives/base --steps 20
 
@@ -38,9 +39,7 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def child(algo: str, base: str, steps: int, seed: int, threads: int | None) -> dict:
-    import torch
-
+def build(algo: str, base: str, seed: int):
     from r1lab.config import ModelConfig
     from r1lab.data.tasks import generate
     from r1lab.models import load_policy
@@ -48,8 +47,6 @@ def child(algo: str, base: str, steps: int, seed: int, threads: int | None) -> d
     from r1lab.train.common import seed_everything
     from r1lab.train.ppo import build_trainer
 
-    if threads:
-        torch.set_num_threads(threads)
     cfg = load_demo_config(overrides=[*ALGOS[algo], f"train.seed={seed}", "log.progress=false"])
     cfg.model = ModelConfig(path=base, device="auto")
     seed_everything(seed)
@@ -57,27 +54,43 @@ def child(algo: str, base: str, steps: int, seed: int, threads: int | None) -> d
     d = cfg.data
     rows = [p.row() for p in generate(synthetic_task(cfg), d.train_size, seed=d.seed, split="train",
                                       min_digits=d.min_digits, max_digits=d.max_digits)]
-    trainer = build_trainer(cfg, model, tokenizer, rows, Path("/tmp") / f"bench_{algo}_{seed}")
+    return build_trainer(cfg, model, tokenizer, rows, Path("/tmp") / f"bench_{algo}_{seed}")
+
+
+def child_memory(algo: str, base: str, steps: int, seed: int) -> dict:
+    """One algorithm alone in this process: its peak RSS and trainable state."""
+    import torch
+
+    trainer = build(algo, base, seed)
     rss_loaded = rss_mb()
     history = [trainer.step() for _ in range(steps)]
-    nets = [model] + ([trainer.critic] if hasattr(trainer, "critic") else [])
+    nets = [trainer.model] + ([trainer.critic] if hasattr(trainer, "critic") else [])
     params = sum(p.numel() * p.element_size() for n in nets for p in n.parameters())
-    cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    timed = history[1:] or history  # the first step pays one-off allocation
     return {
-        "algo": algo, "device": str(next(model.parameters()).device),
+        "device": str(next(trainer.model.parameters()).device),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_after_load_mb": rss_loaded,
         "train_state_mb": 4 * params / 2**20,  # weights + grads + 2 Adam moments
-        "cuda_peak_mb": cuda_peak,
-        "median_step_s": statistics.median(m["step_s"] for m in timed),
-        "median_generate_s": statistics.median(m["generate_s"] for m in timed),
-        "median_reward_s": statistics.median(m["reward_s"] for m in timed),
-        "median_update_s": statistics.median(m["update_s"] for m in timed),
-        "mean_completion_len": statistics.mean(m["completion_len"] for m in timed),
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "reward_last5": statistics.mean(m["reward"] for m in history[-5:]),
-        "steps": steps,
     }
+
+
+def child_timing(base: str, steps: int, seed: int) -> dict:
+    """Both trainers in one process, stepped alternately: a machine shared with other jobs
+    slows both equally, so the medians compare even when the load drifts."""
+    trainers = {algo: build(algo, base, seed) for algo in ALGOS}
+    history: dict[str, list[dict]] = {algo: [] for algo in ALGOS}
+    for _ in range(steps):
+        for algo, trainer in trainers.items():
+            history[algo].append(trainer.step())
+    out = {}
+    for algo, h in history.items():
+        timed = h[1:] or h  # the first step pays one-off allocation
+        out[algo] = {f"median_{k}": statistics.median(m[k] for m in timed)
+                     for k in ("step_s", "generate_s", "reward_s", "update_s")}
+        out[algo]["mean_completion_len"] = statistics.mean(m["completion_len"] for m in timed)
+    return out
 
 
 def main() -> None:
@@ -86,21 +99,31 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--child", choices=sorted(ALGOS), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=[*sorted(ALGOS), "timing"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.base, args.steps, args.seed, args.threads)))
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        res = (child_timing(args.base, args.steps, args.seed) if args.child == "timing"
+               else child_memory(args.child, args.base, args.steps, args.seed))
+        print(json.dumps(res))
         return
-    results = {}
-    for algo in ALGOS:  # one fresh process each: ru_maxrss is per process
-        cmd = [sys.executable, __file__, "--child", algo, "--base", args.base,
+
+    def run_child(name: str) -> dict:
+        cmd = [sys.executable, __file__, "--child", name, "--base", args.base,
                "--steps", str(args.steps), "--seed", str(args.seed)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results[algo] = json.loads(out.strip().splitlines()[-1])
-        print(f"{algo}: done in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        print(f"{name}: done in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        return json.loads(out.strip().splitlines()[-1])
+
+    results = {algo: run_child(algo) for algo in ALGOS}  # a fresh process each: own ru_maxrss
+    for algo, timing in run_child("timing").items():
+        results[algo].update(timing)
     rows = [("device", "device", "{}"), ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
             ("RSS after load (MB)", "rss_after_load_mb", "{:.0f}"),
             ("trainable state (MB)", "train_state_mb", "{:.2f}"),
