@@ -6,7 +6,11 @@ compute spent on rows that already finished. The loop below does exactly that:
 
 1. left-pad the P prompts, prefill them once, then repeat the KV cache G times;
 2. each step: sample one token for every *active* row, record its logprob;
-3. drop finished rows from the batch (and the cache), so late steps run on few rows.
+3. drop finished rows from the batch (and the cache) when the copy costs less than the compute
+   it saves, so late steps run on few rows.
+
+Llama-family models (Llama, Qwen2, Qwen3, Mistral) decode through `native.NativeDecoder`, a lean
+forward over the same weights and a pre-allocated cache; other models through their own forward.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 
 import torch
 
+from r1lab.rollout.native import NativeDecoder, native_support
 from r1lab.rollout.types import ENGINES, RolloutBatch, SamplingParams
 
 
@@ -31,44 +36,64 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int, device: torch.device):
 
 
 def sample_next(
-    logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None
+    logits: torch.Tensor, params: SamplingParams, uniform: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row. logits: [A, V] -> (tokens [A], logprobs [A]).
+    """Sample one token per row. logits [A, V], uniform [A] in [0, 1) -> (tokens [A], logprobs [A]).
 
-    The logprob is taken under logits / temperature before top-k / top-p truncation.
+    Inverse-CDF sampling with pre-drawn uniforms (one random number per row, drawn for the whole
+    call at once). The logprob is taken under logits / temperature before top-k / top-p
+    truncation, as the trainer computes it.
     """
     logits = logits.float()
     if params.temperature == 0:
         logp = torch.log_softmax(logits, -1)  # [A, V]
         tok = logits.argmax(-1)  # [A]
         return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
-    logits = logits / params.temperature
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
     logp = torch.log_softmax(logits, -1)  # [A, V]
-    filtered = logits
+    filtered = logp
     if params.top_k and params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]  # [A, 1]
+        kth = torch.topk(logp, params.top_k, dim=-1).values[:, -1:]  # [A, 1]
         filtered = filtered.masked_fill(filtered < kth, float("-inf"))
     if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(filtered, descending=True)  # [A, V]
-        probs = torch.softmax(sorted_logits, -1)
+        sorted_logp, order = torch.sort(filtered, descending=True)  # [A, V]
+        probs = torch.softmax(sorted_logp, -1)
         # drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token)
         drop = (probs.cumsum(-1) - probs) >= params.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        filtered = torch.full_like(filtered, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(filtered, -1)
-    tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [A]
+        sorted_logp = sorted_logp.masked_fill(drop, float("-inf"))
+        filtered = torch.full_like(filtered, float("-inf")).scatter(-1, order, sorted_logp)
+    cdf = (filtered if filtered is not logp else logp).exp().cumsum(-1)  # [A, V] unnormalised
+    target = (uniform * cdf[:, -1])[:, None]  # [A, 1], strictly below the total mass
+    tok = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 
 @ENGINES.register("hf")
 class HFSampler:
-    """Rollout engine over a transformers causal LM: `generate(prompt_ids, params)`."""
+    """Rollout engine over a transformers causal LM: `generate(prompt_ids, params)`.
 
-    def __init__(self, model, tokenizer) -> None:
+    `native=None` (default) decodes Llama-family models with `NativeDecoder` and anything else
+    with the model's own forward; `native=False` always uses the model's forward.
+    """
+
+    def __init__(self, model, tokenizer, native: bool | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.native = native
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.last_backend = ""  # "native" or "hf": which path the last call took
+
+    def _backend(self, rows: int, max_len: int):
+        why = native_support(self.model, max_len) if self.native is not False else "native=False"
+        if why is None:
+            self.last_backend = "native"
+            return NativeDecoder(self.model, rows, max_len)
+        if self.native:
+            raise ValueError(f"native decoding was asked for but is not possible: {why}")
+        self.last_backend = "hf"
+        return _HFForward(self.model)
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
@@ -76,57 +101,55 @@ class HFSampler:
         t0 = time.perf_counter()
         was_training = model.training
         model.eval()
+        n, N, T = params.n, len(prompt_ids) * params.n, params.max_new_tokens
         gen = None
         if params.seed is not None:
             gen = torch.Generator(device=device).manual_seed(params.seed)
-        from transformers import DynamicCache
-
+        uniforms = torch.rand((T, N), generator=gen, device=device)  # [T, N], one per token
         ids, mask, pos = left_pad(prompt_ids, self.pad_id, device)  # [P, L]
-        cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1]  # [P, V]
-        n, N, T = params.n, len(prompt_ids) * params.n, params.max_new_tokens
-        if n > 1:  # share the prefill across the group
-            logits = logits.repeat_interleave(n, 0)  # [N, V]
-            cache.batch_repeat_interleave(n)
-            mask = mask.repeat_interleave(n, 0)
-            pos = pos.repeat_interleave(n, 0)
-        next_pos = pos[:, -1] + 1  # [N]
+        backend = self._backend(N, ids.shape[1] + T)
+        logits = backend.prefill(ids, mask, pos, n)  # [P, V]: the prompt is computed once
+        logits = logits.repeat_interleave(n, 0) if n > 1 else logits  # [N, V]
+        next_pos = (pos[:, -1] + 1).repeat_interleave(n, 0)  # [N]
         tokens = torch.full((N, T), self.pad_id, dtype=torch.long, device=device)
         logprobs = torch.zeros((N, T), device=device)
-        lengths = torch.zeros(N, dtype=torch.long, device=device)
+        lengths = torch.full((N,), T, dtype=torch.long, device=device)
         finish = ["length"] * N
-        active = torch.arange(N, device=device)  # rows of the full batch still generating
+        # `active`: rows of the full batch held by the backend; `alive`: those still generating.
+        # A finished row stays in the batch (its tokens are discarded) until dropping it pays.
+        active = torch.arange(N, device=device)
+        alive = torch.ones(N, dtype=torch.bool, device=device)
         eos = torch.tensor(self.eos_ids, device=device)
         stop_check = _StopChecker(self.tokenizer, params.stop) if params.stop else None
         for t in range(T):
-            tok, lp = sample_next(logits, params, gen)  # [A], [A]
+            tok, lp = sample_next(logits, params, uniforms[t, : len(active)])  # [A], [A]
             tokens[active, t] = tok
             logprobs[active, t] = lp
-            lengths[active] = t + 1
             done = torch.isin(tok, eos)  # [A]
             if stop_check is not None:
                 done |= stop_check(tokens[active, : t + 1])
+            done &= alive
             if done.any():
-                for row in active[done].tolist():
+                ended = active[done]
+                lengths[ended] = t + 1
+                for row in ended.tolist():
                     finish[row] = "stop"
-                keep = (~done).nonzero().squeeze(-1)  # [A']
-                if keep.numel() == 0:
+                alive &= ~done
+                n_alive = int(alive.sum())
+                if n_alive == 0:
                     break
-                active, tok = active[keep], tok[keep]
-                mask, next_pos = mask[keep], next_pos[keep]
-                cache.batch_select_indices(keep)
+                if backend.worth_compacting(len(alive) - n_alive, n_alive, T - 1 - t):
+                    keep = alive.nonzero().squeeze(-1)  # [A']
+                    backend.keep(keep)
+                    active, tok, next_pos, alive = active[keep], tok[keep], next_pos[keep], alive[keep]
             if t == T - 1:
                 break
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)  # [A, L+t+1]
-            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                        past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1]  # [A, V]
+            logits = backend.step(tok, next_pos)  # [A, V]
             next_pos = next_pos + 1
         width = int(lengths.max().item()) if N else 0
-        comp_mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).float()  # [N, T']
-        tokens, logprobs = tokens[:, :width], logprobs[:, :width] * comp_mask
+        comp_mask = torch.arange(width, device=device)[None, :] < lengths[:, None]  # [N, T']
+        tokens = tokens[:, :width].masked_fill(~comp_mask, self.pad_id)
+        logprobs = logprobs[:, :width] * comp_mask
         texts = self.tokenizer.batch_decode(
             [row[: int(n_)].tolist() for row, n_ in zip(tokens, lengths)], skip_special_tokens=True
         )
@@ -134,9 +157,40 @@ class HFSampler:
             model.train()
         return RolloutBatch(
             prompt_ids=[list(p) for p in prompt_ids], completion_ids=tokens,
-            completion_mask=comp_mask, logprobs=logprobs, texts=texts, finish_reasons=finish,
+            completion_mask=comp_mask.float(), logprobs=logprobs, texts=texts, finish_reasons=finish,
             n=n, timings={"generate_s": time.perf_counter() - t0},
         )
+
+
+class _HFForward:
+    """The fallback backend: the model's own forward over a transformers DynamicCache."""
+
+    def __init__(self, model) -> None:
+        from transformers import DynamicCache
+
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+
+    def prefill(self, ids, mask, pos, repeat: int = 1) -> torch.Tensor:
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        if repeat > 1:
+            self.cache.batch_repeat_interleave(repeat)
+        self.mask = mask.repeat_interleave(repeat, 0)  # [N, L]
+        return out.logits[:, -1]  # [P, V]
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.mask), 1))], 1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.mask,
+                         position_ids=positions[:, None], past_key_values=self.cache, use_cache=True)
+        return out.logits[:, -1]  # [A, V]
+
+    def worth_compacting(self, dead: int, alive: int, steps_left: int) -> bool:
+        return steps_left > 0
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
 
 
 class _StopChecker:

@@ -44,27 +44,47 @@ def join_prompt_completion(
     return input_ids, attn, pos, ids.shape[1]
 
 
+#: float32 logits elements held at once when turning logits into logprobs (256 MiB)
+LOGPROB_CHUNK_ELEMENTS = 1 << 26
+
+
 def completion_logprobs(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
     prompt_len: int, temperature: float = 1.0,
 ) -> torch.Tensor:
     """Log-probabilities of the completion tokens (positions >= prompt_len). -> [N, T]
 
-    Only the last T+1 positions' logits are computed, and log-softmax is taken row by row
-    (logsumexp + gather), so the full [N, T, V] log-probability tensor never exists at once.
+    The batch is cut to its own extent first: leading columns that are padding in every row and
+    trailing completion columns past the longest completion, so a micro-batch of short
+    completions costs what its tokens cost (those positions get logprob 0). Only the completion
+    positions' logits are computed, and the log-softmax is taken over chunks of rows
+    (gather - logsumexp), so no full-vocabulary float32 log-probability tensor of the whole
+    batch exists at once.
     """
-    T = input_ids.shape[1] - prompt_len
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                logits_to_keep=T + 1, use_cache=False)
-    logits = out.logits[:, :-1]  # [N, T, V]: position t predicts token t+1
-    if temperature not in (0, 1):
-        logits = logits / temperature
-    targets = input_ids[:, prompt_len:]  # [N, T]
-    rows = []
-    for lg, tg in zip(logits, targets):  # per row keeps the float32 copy to [T, V]
-        lg = lg.float()
-        rows.append(lg.gather(-1, tg[:, None]).squeeze(-1) - torch.logsumexp(lg, -1))
-    return torch.stack(rows)  # [N, T]
+    N, width = input_ids.shape
+    T = width - prompt_len
+    out_logp = torch.zeros((N, T), device=input_ids.device)
+    comp_len = int(attention_mask[:, prompt_len:].sum(-1).max()) if T and N else 0
+    if comp_len == 0:
+        return out_logp
+    used = attention_mask[:, :prompt_len].any(0)  # [L]: prompt columns someone uses
+    start = min(int(used.float().argmax()) if bool(used.any()) else 0, max(prompt_len - 1, 0))
+    end = prompt_len + comp_len
+    logits = model(input_ids=input_ids[:, start:end], attention_mask=attention_mask[:, start:end],
+                   position_ids=position_ids[:, start:end], logits_to_keep=comp_len + 1,
+                   use_cache=False).logits[:, :-1]  # [N, comp_len, V]: position t predicts t+1
+    targets = input_ids[:, prompt_len:end]  # [N, comp_len]
+    rows = max(1, LOGPROB_CHUNK_ELEMENTS // max(1, comp_len * logits.shape[-1]))
+    parts = []
+    for i in range(0, N, rows):
+        lg = logits[i:i + rows].float()  # [r, comp_len, V]
+        if temperature not in (0, 1):
+            lg = lg / temperature
+        parts.append(lg.gather(-1, targets[i:i + rows, :, None]).squeeze(-1) - lg.logsumexp(-1))
+    logp = parts[0] if len(parts) == 1 else torch.cat(parts)  # [N, comp_len]
+    if comp_len == T:
+        return logp
+    return torch.cat([logp, out_logp[:, comp_len:]], 1)  # [N, T]
 
 
 def call_with(fn: Callable, options: dict[str, Any], **fixed: Any) -> Any:

@@ -202,12 +202,27 @@ class GRPOTrainer:
         return advantages, {}
 
     def _ref_logprobs(self, input_ids, attn, pos, L) -> torch.Tensor:
-        mb = self.cfg.train.micro_batch_size
-        with torch.no_grad():
-            return torch.cat([
-                completion_logprobs(self.ref_model, input_ids[i:i + mb], attn[i:i + mb],
-                                    pos[i:i + mb], L, self.cfg.rollout.temperature)
-                for i in range(0, len(input_ids), mb)])  # [N, T]
+        """Reference logprobs [N, T], under inference mode, micro-batches cut to their own length."""
+        out = torch.zeros((len(input_ids), input_ids.shape[1] - L), device=input_ids.device)
+        with torch.inference_mode():
+            for idx in _micro_batches(torch.arange(len(input_ids)), attn.sum(-1),
+                                      self.cfg.train.micro_batch_size):
+                out[idx] = completion_logprobs(self.ref_model, input_ids[idx], attn[idx], pos[idx],
+                                               L, self.cfg.rollout.temperature)
+        return out.clone()  # a normal tensor: autograd may save it for the KL's backward
+
+    def _inert_zero_advantage(self) -> bool:
+        """Whether the policy loss gives a token whose advantage is 0 exactly zero loss and zero
+        gradient (true of every `ratio x advantage` loss); probed once on a small tensor, so no
+        loss name is special-cased here."""
+        if getattr(self, "_inert", None) is None:
+            logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+            per_token, _ = call_with(self.loss_fn, self.loss_options, logp=logp,
+                                     old_logp=torch.tensor([[-1.5, -1.0, -0.5]]),
+                                     advantages=torch.zeros(1, 3), mask=torch.ones(1, 3))
+            per_token.sum().backward()
+            self._inert = bool((per_token == 0).all()) and bool((logp.grad == 0).all())
+        return self._inert
 
     def _update(self, input_ids, attn, pos, L, mask, sampler_logp, advantages, ref_logp) -> dict[str, float]:
         """`num_iterations` passes over the rollouts; one optimiser step per mini-batch
@@ -216,29 +231,41 @@ class GRPOTrainer:
         With one optimiser step the policy has not moved since sampling, so old logprobs are the
         current ones detached (ratio exactly 1, no extra forward). With more steps the sampler's
         logprobs are the old policy's (taken once per batch, at sampling).
+
+        Speed, all exact: micro-batches group completions of similar length and are cut to their
+        own longest sequence; with no KL term in the loss, completions whose advantage is exactly
+        0 everywhere are left out of the forward/backward (their loss and gradient are 0), while
+        the normalisers still count their tokens, so the loss and the update are unchanged (the
+        clip/KL *metrics* then average over the completions that were computed).
         """
         cfg, alg = self.cfg, self.cfg.algorithm
         N, mb = len(input_ids), cfg.train.micro_batch_size
         mini = alg.mini_batch_size or N
         starts = [j for _ in range(alg.num_iterations) for j in range(0, N, mini)]  # one step each
         totals: dict[str, float] = {}
+        kl_in_loss = ref_logp is not None and not alg.kl_in_reward
+        skip_inert = not kl_in_loss and self._inert_zero_advantage()
+        lengths = attn.sum(-1)  # [N]
         self.model.train()
         for j in starts:
             end = min(j + mini, N)
             num_tokens, num_seqs = mask[j:end].sum().clamp(min=1), float(end - j)  # this step's
+            rows = torch.arange(j, end)
+            if skip_inert:
+                rows = rows[(advantages[j:end] * mask[j:end]).ne(0).any(-1)]
+                totals["skipped_rows"] = totals.get("skipped_rows", 0.0) + (end - j - len(rows))
             self.optimizer.zero_grad(set_to_none=True)
-            for i in range(j, end, mb):
-                sl = slice(i, min(i + mb, end))
-                m = mask[sl]  # [n, T]
-                logp = completion_logprobs(self.model, input_ids[sl], attn[sl], pos[sl], L,
+            for idx in _micro_batches(rows, lengths[rows], mb):
+                m = mask[idx]  # [n, T]
+                logp = completion_logprobs(self.model, input_ids[idx], attn[idx], pos[idx], L,
                                            cfg.rollout.temperature)  # [n, T]
-                old = logp.detach() if len(starts) == 1 else sampler_logp[sl]
+                old = logp.detach() if len(starts) == 1 else sampler_logp[idx]
                 per_token, lm = call_with(self.loss_fn, self.loss_options, logp=logp,
-                                          old_logp=old, advantages=advantages[sl], mask=m)
-                if ref_logp is not None and not alg.kl_in_reward:
-                    kl = self.kl_fn(logp, ref_logp[sl])  # [n, T]
+                                          old_logp=old, advantages=advantages[idx], mask=m)
+                if kl_in_loss:
+                    kl = self.kl_fn(logp, ref_logp[idx])  # [n, T]
                     per_token = per_token + alg.beta * kl
-                    lm["kl"] = (kl * m).sum() / m.sum().clamp(min=1)
+                    lm["kl"] = ((kl * m).sum() / m.sum().clamp(min=1)).detach()
                 loss = self.aggregate_fn(per_token, m, num_tokens=num_tokens, num_seqs=num_seqs,
                                          norm_len=cfg.rollout.max_new_tokens)
                 loss.backward()
@@ -246,6 +273,11 @@ class GRPOTrainer:
                 totals["loss"] = totals.get("loss", 0.0) + loss.item() / len(starts)
                 for k, v in lm.items():
                     totals[k] = totals.get(k, 0.0) + float(v) * share / len(starts)
+            if len(rows) == 0:  # every completion was inert: the optimiser still steps on zeros
+                totals.setdefault("loss", 0.0)
+                for p in self.model.parameters():
+                    if p.requires_grad:
+                        p.grad = torch.zeros_like(p)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / len(starts)
             if self._skip_nonfinite(totals["loss"], grad_norm, totals):  # numerics guard
@@ -367,3 +399,11 @@ class GRPOTrainer:
             ckpt.trim_jsonl(self.run_dir / name, self.step_count)
         self.last_checkpoint, self._saved_step = path, self.step_count
         return ckpt.config_changes(path, self.cfg.model_dump(mode="json"))
+
+
+def _micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """`rows` in chunks of `size`, completions of similar length together when there is more
+    than one chunk (each chunk is then padded only to its own longest sequence)."""
+    if len(rows) > size:
+        rows = rows[torch.argsort(lengths, stable=True)]
+    return list(rows.split(size)) if len(rows) else []

@@ -1,0 +1,213 @@
+"""A lean decoder for Llama-family causal LMs (Llama, Qwen2, Qwen3, Mistral), used by the sampler.
+
+Why: a `model(...)` call in transformers rebuilds masks, position embeddings and cache objects on
+every decoding step, which costs more than the matmuls of a small model on a CPU (and adds
+launches on a GPU). This module reads the *same* weights from the Hugging Face modules and runs
+the same arithmetic (RMSNorm, RoPE, grouped-query attention, SwiGLU) over a pre-allocated KV cache:
+
+* q/k/v and gate/up projections are fused into one matmul each (weights concatenated once per
+  `generate` call, so they always match the current policy);
+* RoPE cos/sin come from a table built once by the model's own rotary module;
+* the left-padding mask is built once; each step only slices it;
+* finished rows are dropped from the cache when that pays (see `worth_compacting`).
+
+It is an optimisation, not a fork of the model: `native_support` refuses anything it does not
+reproduce exactly (sliding windows shorter than the sequence, dynamic RoPE, non-SiLU MLPs,
+quantised or adapter-wrapped linears), and the sampler then falls back to the model's forward.
+The tests check that greedy decoding equals `model.generate` token for token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FAMILY = ("llama", "qwen2", "qwen3", "mistral")
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the position only
+#: a CPU moves ~10 float32 FLOP in the time it copies a byte; decides when compaction pays
+FLOP_PER_BYTE = 10.0
+
+
+def native_support(model, max_len: int) -> str | None:
+    """None when the native decoder reproduces `model` for sequences up to `max_len`, else why not."""
+    cfg = model.config
+    if getattr(cfg, "model_type", None) not in FAMILY:
+        return f"model_type {getattr(cfg, 'model_type', None)!r} is not one of {FAMILY}"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act {cfg.hidden_act!r}"
+    base = getattr(model, "model", None)
+    rotary = getattr(base, "rotary_emb", None)
+    if base is None or rotary is None or not hasattr(base, "layers"):
+        return "no model.model.layers / rotary_emb"
+    if getattr(rotary, "rope_type", "default") not in STATIC_ROPE:
+        return f"rope_type {rotary.rope_type!r} depends on the sequence length"
+    windows = [getattr(layer.self_attn, "sliding_window", None) for layer in base.layers]
+    if cfg.model_type == "mistral":
+        windows.append(getattr(cfg, "sliding_window", None))
+    if any(w is not None and w < max_len for w in windows):
+        return "a sliding window shorter than the sequence"
+    linears = [model.lm_head]
+    for layer in base.layers:
+        a, m = layer.self_attn, layer.mlp
+        linears += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+    if any(type(lin) is not nn.Linear for lin in linears):  # quantised / LoRA-wrapped layers
+        return "a projection is not a plain nn.Linear"
+    if model.lm_head.bias is not None or getattr(cfg, "final_logit_softcapping", None):
+        return "the LM head has a bias or a soft cap"
+    return None
+
+
+def _cat(*xs: Tensor | None) -> Tensor | None:
+    if all(x is None for x in xs):
+        return None
+    if any(x is None for x in xs):  # some projections with bias, some without
+        xs = tuple(torch.zeros(x_.shape[0], device=x_.device, dtype=x_.dtype) if x is None else x
+                   for x, x_ in zip(xs, xs))
+    return torch.cat(xs, 0)
+
+
+class _Layer:
+    """One decoder layer's weights, q/k/v and gate/up fused."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        a, m = layer.self_attn, layer.mlp
+        self.qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0)
+        self.qkv_b = _cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias)
+        self.o_w, self.o_b = a.o_proj.weight, a.o_proj.bias
+        self.gu_w = torch.cat([m.gate_proj.weight, m.up_proj.weight], 0)
+        self.gu_b = _cat(m.gate_proj.bias, m.up_proj.bias)
+        self.down_w, self.down_b = m.down_proj.weight, m.down_proj.bias
+        self.ln1, self.ln2 = layer.input_layernorm, layer.post_attention_layernorm
+        self.q_norm, self.k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
+        self.scale = a.scaling
+
+
+def _rms(x: Tensor, norm: nn.Module) -> Tensor:
+    """HF's RMSNorm: normalise in float32, cast back, then scale by the weight."""
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
+
+
+def _attend_one(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
+    """Attention of one query per row. q [A, H, 1, D]; k, v [A, Hkv, S, D]; bias [A, 1, 1, S].
+
+    Query heads that share a key/value head (grouped-query attention) are one matmul's rows.
+    """
+    A, H, _, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    q = q.reshape(A * Hkv, H // Hkv, D)  # [A*Hkv, G, D]
+    scores = torch.bmm(q, k.reshape(A * Hkv, S, D).transpose(1, 2)).view(A, H, S)  # [A, H, S]
+    probs = torch.softmax(scores * scale + bias[:, 0], -1)  # [A, H, S]
+    o = torch.bmm(probs.view(A * Hkv, H // Hkv, S), v.reshape(A * Hkv, S, D))  # [A*Hkv, G, D]
+    return o.view(A, H, 1, D)
+
+
+class NativeDecoder:
+    """KV-cached forward of a Llama-family model over `rows` sequences of up to `max_len` tokens.
+
+    Usage: `prefill(ids, mask, repeat)` once, then `step(tokens, positions)` per new token;
+    `keep(rows)` drops the other rows from the cache.
+    """
+
+    def __init__(self, model, rows: int, max_len: int) -> None:
+        cfg, base = model.config, model.model
+        self.embed = base.embed_tokens.weight
+        self.norm, self.lm_head = base.norm, model.lm_head.weight
+        self.layers = [_Layer(layer) for layer in base.layers]
+        a = base.layers[0].self_attn
+        self.H, self.D = cfg.num_attention_heads, a.head_dim
+        self.Hkv = cfg.num_key_value_heads
+        self.gqa = cfg.num_key_value_heads != cfg.num_attention_heads
+        dev, dt = self.embed.device, self.embed.dtype
+        positions = torch.arange(max_len, device=dev)[None]  # [1, S]
+        cos, sin = base.rotary_emb(self.embed[:1][None], positions)  # [1, S, D]
+        self.cos, self.sin = cos[0].to(dt), sin[0].to(dt)  # [S, D]
+        n_layers = len(self.layers)
+        # k and v of every layer in one tensor, so dropping rows is one copy: [2, layers, A, Hkv, S, D]
+        self.kv = torch.empty((2, n_layers, rows, self.Hkv, max_len, self.D), device=dev, dtype=dt)
+        self.neg = torch.finfo(dt).min
+        self.bias = torch.full((rows, 1, 1, max_len), self.neg, device=dev, dtype=dt)  # key mask
+        self.len = 0  # positions filled in the cache
+        self.max_len = max_len
+        self.n_params = sum(p.numel() for p in model.parameters())
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, ids: Tensor, pos: Tensor, attn_bias: Tensor) -> Tensor:
+        """ids/pos [A, S] written at cache positions len..len+S; attn_bias [A, 1, S, len+S].
+        Returns the last position's logits [A, V]."""
+        A, S = ids.shape
+        c, end = self.len, self.len + S
+        H, Hkv, D = self.H, self.Hkv, self.D
+        h = F.embedding(ids, self.embed)  # [A, S, d]
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [A, 1, S, D]
+        for i, w in enumerate(self.layers):
+            x = _rms(h, w.ln1)
+            qkv = F.linear(x, w.qkv_w, w.qkv_b).view(A, S, H + 2 * Hkv, D).transpose(1, 2)  # [A, h, S, D]
+            if w.q_norm is not None:
+                qk = torch.cat([_rms(qkv[:, :H], w.q_norm), _rms(qkv[:, H:H + Hkv], w.k_norm)], 1)
+            else:
+                qk = qkv[:, : H + Hkv]
+            qk = _rotate(qk, cos, sin)  # [A, H+Hkv, S, D]
+            self.kv[0, i, :, :, c:end] = qk[:, H:]
+            self.kv[1, i, :, :, c:end] = qkv[:, H + Hkv:]
+            k, v = self.kv[0, i, :, :, :end], self.kv[1, i, :, :, :end]  # [A, Hkv, end, D]
+            if S == 1:  # decoding: two batched matmuls beat SDPA's CPU kernel for one query
+                o = _attend_one(qk[:, :H], k, v, attn_bias, w.scale)  # [A, H, 1, D]
+            else:
+                o = F.scaled_dot_product_attention(
+                    qk[:, :H], k, v, attn_mask=attn_bias, scale=w.scale,
+                    **({"enable_gqa": True} if self.gqa else {}))  # [A, H, S, D]
+            h = h + F.linear(o.transpose(1, 2).reshape(A, S, H * D), w.o_w, w.o_b)
+            gu = F.linear(_rms(h, w.ln2), w.gu_w, w.gu_b)  # [A, S, 2I]
+            g, u = gu.chunk(2, -1)
+            h = h + F.linear(F.silu(g) * u, w.down_w, w.down_b)
+        self.len = end
+        return F.linear(_rms(h[:, -1], self.norm), self.lm_head)  # [A, V]
+
+    def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor, repeat: int = 1) -> Tensor:
+        """Left-padded prompts ids/mask/pos [P, L], computed once; their cache is then repeated
+        `repeat` times (row p -> rows p*repeat .. p*repeat+repeat-1). Returns logits [P, V]."""
+        P, L = ids.shape
+        if P * repeat != self.kv.shape[2]:
+            raise ValueError(f"{P} prompts x {repeat} != {self.kv.shape[2]} cache rows")
+        neg = self.neg
+        pad_bias = torch.zeros((P, L), dtype=self.kv.dtype, device=ids.device)
+        pad_bias = pad_bias.masked_fill(~mask.bool(), neg)  # [P, L]
+        causal = torch.full((L, L), neg, dtype=self.kv.dtype, device=ids.device).triu(1)
+        bias = (causal[None] + pad_bias[:, None, :]).clamp(min=neg)[:, None]  # [P, 1, L, L]
+        full, self.kv = self.kv, self.kv[:, :, :P]  # fill rows 0..P-1, then spread them
+        logits = self._forward(ids, pos, bias)
+        self.kv = full
+        if repeat > 1:
+            full[..., :L, :] = full[:, :, :P, :, :L].repeat_interleave(repeat, 2)
+        self.bias[:, 0, 0, :L] = pad_bias.repeat_interleave(repeat, 0)
+        return logits
+
+    def step(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """One new token per row: tokens/positions [A] -> logits [A, V]."""
+        self.bias[:, :, :, self.len] = 0  # the new position becomes visible
+        return self._forward(tokens[:, None], positions[:, None], self.bias[..., : self.len + 1])
+
+    # ------------------------------------------------------------------ compaction
+    def worth_compacting(self, dead: int, alive: int, steps_left: int) -> bool:
+        """Dropping `dead` rows copies the cache of the `alive` ones (twice: select, then place
+        in a buffer with room to grow); it pays when the compute it saves over the remaining
+        steps is larger, both counted in FLOP-equivalents."""
+        saved = dead * steps_left * 2.0 * self.n_params
+        row_bytes = self.kv[:, :, 0, :, : self.len].numel() * self.kv.element_size()
+        return saved > FLOP_PER_BYTE * 2 * alive * row_bytes
+
+    def keep(self, rows: Tensor) -> None:
+        """Keep only `rows` (indices into the current batch) in the cache."""
+        kv = torch.empty((*self.kv.shape[:2], len(rows), *self.kv.shape[3:]),
+                         device=self.kv.device, dtype=self.kv.dtype)
+        kv[..., : self.len, :] = self.kv[..., : self.len, :].index_select(2, rows)
+        self.kv, self.bias = kv, self.bias[rows]

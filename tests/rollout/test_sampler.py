@@ -1,0 +1,124 @@
+"""r1lab's sampler: greedy equals `model.generate`, logprobs equal the trainer's, seeds, options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from r1lab.rollout import SamplingParams, build_engine
+from r1lab.rollout.hf import HFSampler
+from r1lab.rollout.native import native_support
+from r1lab.train.common import completion_logprobs, join_prompt_completion
+
+PROMPTS = ["Q:12+30\nA:", "Q:7+5\nA:", "Q:345+678\nA:<think>", "Hi"]  # four lengths: left padding
+
+
+def _model(tokenizer, kind: str, seed: int = 0):
+    """A micro model whose weights are scaled up so greedy text varies (not one repeated token)."""
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                  bos_token_id=None, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    if kind == "qwen2":  # q/k/v biases
+        model = Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=4, use_sliding_window=False, **common))
+    else:  # llama with grouped-query attention (2 query heads per key/value head)
+        model = LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **common))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(6.0)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("native", [True, False])
+def test_greedy_equals_model_generate(tokenizer, kind, native):
+    model = _model(tokenizer, kind)
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ref = model.generate(**enc, do_sample=False, max_new_tokens=24)[:, enc["input_ids"].shape[1]:]
+    sampler = HFSampler(model, tokenizer, native=native)
+    out = sampler.generate(tokenizer(PROMPTS)["input_ids"],
+                           SamplingParams(n=1, max_new_tokens=24, temperature=0))
+    assert sampler.last_backend == ("native" if native else "hf")
+    for i in range(len(PROMPTS)):
+        n = int(out.lengths[i])
+        expected = ref[i].tolist()
+        assert out.completion_ids[i, :n].tolist() == expected[:n]
+        if n < 24:  # stopped at eos exactly where generate did
+            assert expected[n - 1] == tokenizer.eos_token_id and out.finish_reasons[i] == "stop"
+    assert len({tuple(r.tolist()) for r in out.completion_ids}) > 1  # the text is not degenerate
+    assert len(set(out.completion_ids[0].tolist())) > 3
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_sampler_logprobs_equal_trainer_logprobs(tokenizer, native):
+    """On-policy training reuses the sampler's logprobs: they must equal a fresh forward's,
+    including rows that stopped early and were dropped from the batch mid-way."""
+    model = _model(tokenizer, "qwen2", seed=1)
+    sampler = HFSampler(model, tokenizer, native=native)
+    params = SamplingParams(n=4, max_new_tokens=20, temperature=0.7, stop=("7",), seed=3)
+    out = sampler.generate(tokenizer(PROMPTS)["input_ids"], params)
+    assert "stop" in out.finish_reasons and "length" in out.finish_reasons  # compaction happened
+    ids, attn, pos, L = join_prompt_completion(out.prompt_ids, out.completion_ids,
+                                               out.completion_mask, sampler.pad_id)
+    with torch.no_grad():
+        logp = completion_logprobs(model, ids, attn, pos, L, temperature=0.7)
+    diff = ((logp - out.logprobs) * out.completion_mask).abs().max().item()
+    assert diff < 1e-4
+    assert (out.logprobs[out.completion_mask == 0] == 0).all()
+    assert (out.completion_ids[out.completion_mask == 0] == sampler.pad_id).all()
+
+
+def test_seeds_reproduce_and_differ(tokenizer):
+    model = _model(tokenizer, "llama")
+    sampler = build_engine("hf", model, tokenizer)
+    ids = tokenizer(PROMPTS)["input_ids"]
+    a = sampler.generate(ids, SamplingParams(n=3, max_new_tokens=16, seed=7))
+    b = sampler.generate(ids, SamplingParams(n=3, max_new_tokens=16, seed=7))
+    c = sampler.generate(ids, SamplingParams(n=3, max_new_tokens=16, seed=8))
+    assert torch.equal(a.completion_ids, b.completion_ids) and a.texts == b.texts
+    assert not torch.equal(a.completion_ids[:, :8], c.completion_ids[:, :8])
+    assert a.completion_ids.shape[0] == 12 and a.n == 3
+
+
+def test_top_k_one_is_greedy_and_top_p_keeps_the_head(tokenizer):
+    model = _model(tokenizer, "llama")
+    sampler = HFSampler(model, tokenizer)
+    ids = tokenizer(PROMPTS)["input_ids"]
+    greedy = sampler.generate(ids, SamplingParams(max_new_tokens=12, temperature=0))
+    top1 = sampler.generate(ids, SamplingParams(max_new_tokens=12, top_k=1, seed=0))
+    tiny_p = sampler.generate(ids, SamplingParams(max_new_tokens=12, top_p=1e-6, seed=0))
+    assert torch.equal(greedy.completion_ids, top1.completion_ids)
+    assert torch.equal(greedy.completion_ids, tiny_p.completion_ids)
+
+
+def test_max_new_tokens_and_stop_strings(tokenizer):
+    model = _model(tokenizer, "qwen2", seed=2)
+    sampler = HFSampler(model, tokenizer)
+    out = sampler.generate(tokenizer(PROMPTS)["input_ids"],
+                           SamplingParams(n=2, max_new_tokens=9, stop=("a", "1"), seed=0))
+    assert out.completion_ids.shape[1] <= 9
+    for i, (text, reason) in enumerate(zip(out.texts, out.finish_reasons)):
+        n = int(out.lengths[i])
+        decoded = tokenizer.decode(out.completion_ids[i, :n])  # tags spelled out: "<answer>"
+        if reason == "stop" and out.completion_ids[i, n - 1] != tokenizer.eos_token_id:
+            assert "a" in decoded or "1" in decoded
+            assert not any(s in tokenizer.decode(out.completion_ids[i, : n - 1]) for s in "a1")
+        if reason == "length":
+            assert n == 9 and "a" not in decoded and "1" not in decoded
+    assert "stop" in out.finish_reasons
+
+
+def test_native_refuses_what_it_does_not_reproduce(tokenizer):
+    model = _model(tokenizer, "llama")
+    assert native_support(model, 64) is None
+    model.config.model_type = "gpt2"
+    assert "gpt2" in native_support(model, 64)
+    with pytest.raises(ValueError, match="native decoding"):
+        HFSampler(model, tokenizer, native=True).generate([[5, 6]], SamplingParams(max_new_tokens=2))
+    assert HFSampler(model, tokenizer).generate([[5, 6]], SamplingParams(max_new_tokens=2)).texts
