@@ -43,6 +43,18 @@ def test_demo_end_to_end_writes_summary_and_checkpoints(tmp_path: Path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert "train:\n  steps: 2" in (run / "config.yaml").read_text()
     assert "R1-Zero demo (seed 3)" in out.stdout
+    assert (run / "report.html").is_file()
+
+    # `r1lab eval` on the RL checkpoint reproduces the demo's greedy number (same problems)
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"model: {{path: {run / 'rl'}}}\nrollout: {{max_new_tokens: 16}}\n"
+                   "eval: {num_problems: 6, k: 2, temperatures: [1.0]}\n")
+    ev = r1lab("eval", str(cfg), "--out", str(tmp_path / "ev"))
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    res = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert set(res) == {"greedy", "T=1"}
+    assert res["greedy"]["pass1"] == summary["protocols"]["greedy"]["rl_pass1"]
+    assert {"cons@2", "pass@2"} <= set(res["T=1"])
 
 
 def test_bad_override_fails_naming_the_key_before_work(tmp_path: Path):

@@ -86,6 +86,22 @@ def score(
     console.print(f"scored rows written to [bold]{output}[/]")
 
 
+@app.command("eval")
+def eval_(
+    config: Annotated[Path, typer.Argument(help="YAML config; model.path names the checkpoint")],
+    out: Annotated[Path, typer.Option(help="folder for eval.json")] = Path("runs/eval"),
+    set_: SetOpt = None,
+) -> None:
+    """pass@1 over k samples, cons@k and pass@k on held-out problems (the paper's protocol)."""
+    from r1lab.config import ConfigError, load_config
+    from r1lab.pipeline.evaluate import run_eval
+
+    try:
+        run_eval(load_config(config, set_), out, console=console)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(exc)
+
+
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder with metrics.jsonl")]) -> None:
     """Self-contained HTML report of a run: curves, think rate, reflection words, samples."""
