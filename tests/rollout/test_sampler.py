@@ -103,7 +103,7 @@ def test_max_new_tokens_and_stop_strings(tokenizer):
     out = sampler.generate(tokenizer(PROMPTS)["input_ids"],
                            SamplingParams(n=2, max_new_tokens=9, stop=("a", "1"), seed=0))
     assert out.completion_ids.shape[1] <= 9
-    for i, (text, reason) in enumerate(zip(out.texts, out.finish_reasons)):
+    for i, reason in enumerate(out.finish_reasons):
         n = int(out.lengths[i])
         decoded = tokenizer.decode(out.completion_ids[i, :n])  # tags spelled out: "<answer>"
         if reason == "stop" and out.completion_ids[i, n - 1] != tokenizer.eos_token_id:

@@ -285,6 +285,7 @@ class GRPOTrainer:
             self.optimizer.step()
         self.scheduler.step()
         self.model.eval()
+        getattr(self.engine, "policy_updated", lambda: None)()  # e.g. vLLM reloads the weights
         return totals
 
     # ---------------------------------------------------------------- the run
