@@ -8,7 +8,7 @@ Both trainers get the same objects: one Qwen2 model built from a config (weights
 char tokenizer, the same 8 prompts, the same reward function, and the same GRPO settings (G=8,
 64 new tokens, T=1.0, KL beta 0.04 with the k3 estimator, DAPO token-level loss normalised by
 the batch's token count, eps 0.2, AdamW lr 1e-4 constant, betas (0.9, 0.999), grad clip 1, one
-optimiser step per batch of 64 completions). The steps are *interleaved* (TRL step, r1lab step,
+optimiser step per batch of 64 completions, micro-batch 64). The steps are *interleaved* (TRL step, r1lab step,
 TRL step, ...), so a change in machine load hits both alike; the ratio of medians after warm-up
 is the result. A second comparison at beta 0 (TRL's default) is reported separately.
 
@@ -281,7 +281,8 @@ def main() -> None:
           f"tied embeddings")
     print(f"setting (both): {len(QUESTIONS)} prompts x G={G}, {NEW_TOKENS} new tokens, T=1.0, "
           f"top-p 1, beta {BETA} (k3), DAPO loss (token sum / batch tokens), eps 0.2, lr {LR} "
-          f"constant, AdamW (0.9, 0.999), grad clip 1, seed {SEED}, 1 micro-batch of 64")
+          f"constant, AdamW (0.9, 0.999), grad clip 1, seed {SEED}, one optimiser step per 64 "
+          f"completions (micro-batch 64; r1lab splits it by length where that saves padding)")
     peak = matmul_peak()
     print(f"float32 matmul peak on {args.threads} threads: {peak:.0f} GFLOP/s\n")
 
