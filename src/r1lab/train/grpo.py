@@ -205,11 +205,12 @@ class GRPOTrainer:
         """Reference logprobs [N, T], under inference mode, micro-batches cut to their own length."""
         out = torch.zeros((len(input_ids), input_ids.shape[1] - L), device=input_ids.device)
         with torch.inference_mode():
-            for idx in _micro_batches(torch.arange(len(input_ids)), attn[:, L:].sum(-1),
+            for idx in _micro_batches(torch.arange(len(input_ids), device=input_ids.device),
+                                      attn[:, L:].sum(-1),
                                       self.cfg.train.micro_batch_size):
                 out[idx] = completion_logprobs(self.ref_model, input_ids[idx], attn[idx], pos[idx],
                                                L, self.cfg.rollout.temperature)
-        return out.clone()  # a normal tensor: autograd may save it for the KL's backward
+        return out  # made outside inference mode: autograd may save it for the KL's backward
 
     def _inert_zero_advantage(self) -> bool:
         """Whether the policy loss gives a token whose advantage is 0 exactly zero loss and zero
@@ -250,7 +251,7 @@ class GRPOTrainer:
         for j in starts:
             end = min(j + mini, N)
             num_tokens, num_seqs = mask[j:end].sum().clamp(min=1), float(end - j)  # this step's
-            rows = torch.arange(j, end)
+            rows = torch.arange(j, end, device=mask.device)
             if skip_inert:
                 rows = rows[(advantages[j:end] * mask[j:end]).ne(0).any(-1)]
                 totals["skipped_rows"] = totals.get("skipped_rows", 0.0) + (end - j - len(rows))
