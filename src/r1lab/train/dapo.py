@@ -116,7 +116,7 @@ def loss_mask(mask: torch.Tensor, finish_reasons: Sequence[str]) -> torch.Tensor
     return mask * kept[:, None]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sampled_entropy(
     model, input_ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, prompt_len: int,
     mask: torch.Tensor, temperature: float = 1.0, rows: int = ENTROPY_ROWS,
