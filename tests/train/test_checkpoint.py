@@ -22,14 +22,6 @@ from . import survival
 from .survival import same_weights, tiny_config, weights
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
-
-
 def quiet() -> tuple[Console, io.StringIO]:
     buf = io.StringIO()
     return Console(file=buf, width=300), buf

@@ -29,14 +29,6 @@ KILLER = Path(__file__).with_name("kill_run.py")
 SIX = {"steps": 6, "save_every": 2, "keep_last": 2}
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(det)
-
-
 def quiet() -> Console:
     return Console(file=io.StringIO(), width=300)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import inspect
-import os
 import json
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
