@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from r1lab.rollout import SamplingParams, build_engine
 from r1lab.rollout.hf import HFSampler
@@ -23,6 +30,8 @@ def _model(tokenizer, kind: str, seed: int = 0):
     torch.manual_seed(seed)
     if kind == "qwen2":  # q/k/v biases
         model = Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=4, use_sliding_window=False, **common))
+    elif kind == "qwen3":  # RMSNorm on queries and keys, explicit head_dim
+        model = Qwen3ForCausalLM(Qwen3Config(num_key_value_heads=2, head_dim=8, use_sliding_window=False, **common))
     else:  # llama with grouped-query attention (2 query heads per key/value head)
         model = LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **common))
     with torch.no_grad():
@@ -34,7 +43,7 @@ def _model(tokenizer, kind: str, seed: int = 0):
     return model.eval()
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("native", [True, False])
 def test_greedy_equals_model_generate(tokenizer, kind, native):
     model = _model(tokenizer, kind)
