@@ -11,7 +11,7 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="r1lab: reasoning trained into language models by RL with rule-based rewards.")
-train_app = typer.Typer(no_args_is_help=True, help="Training loops (GRPO, SFT).")
+train_app = typer.Typer(no_args_is_help=True, help="Training loops (GRPO; PPO when the config has a critic section).")
 app.add_typer(train_app, name="train")
 console = Console()
 
