@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -136,6 +137,8 @@ def _bare_option(args: list[str], option: str, value: str) -> list[str]:
 
 
 def main() -> None:
+    # r1lab shows its own progress bars; transformers' per-save/per-load tqdm bars only add noise
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app(_bare_option(sys.argv[1:], "--resume", "latest"))
     except KeyboardInterrupt:
