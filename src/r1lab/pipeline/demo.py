@@ -22,10 +22,11 @@ from rich.table import Table
 
 from r1lab.analysis.report import build_report
 from r1lab.config import RunConfig, load_config, save_config
-from r1lab.data.tasks import generate, stream
+from r1lab.data.tasks import stream
 from r1lab.data.templates import TEMPLATES
 from r1lab.evaluation import evaluate, paper_protocols
 from r1lab.models import load_policy
+from r1lab.pipeline.run import load_prompt_rows
 from r1lab.train.common import seed_everything
 from r1lab.train.ppo import build_trainer  # GRPO, or PPO when the config has a critic
 from r1lab.train.sft import train_sft
@@ -70,13 +71,10 @@ def run_demo(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Consol
     seed_everything(seed, cfg.train.deterministic)
     wall0 = time.perf_counter()
     timings: dict[str, float] = {}
-    task, d = synthetic_task(cfg), cfg.data
-    train_rows = [p.row() for p in generate(task, d.train_size, seed=d.seed, split="train",
-                                            min_digits=d.min_digits, max_digits=d.max_digits)]
-    heldout = [p.row() for p in generate(task, min(d.heldout_size, cfg.eval.num_problems),
-                                         seed=d.seed, split="heldout",
-                                         min_digits=d.min_digits, max_digits=d.max_digits)]
-    template = TEMPLATES.get(d.template)
+    synthetic_task(cfg)  # the pre-training corpus needs a task generator, not a file
+    train_rows, heldout = load_prompt_rows(cfg)
+    heldout = heldout[: cfg.eval.num_problems]
+    template = TEMPLATES.get(cfg.data.template)
 
     console.rule("[bold]1/4 pre-training a weak base model")
     t = time.perf_counter()

@@ -45,6 +45,3 @@ class RolloutBatch:
     @property
     def lengths(self) -> torch.Tensor:  # [N]
         return self.completion_mask.sum(-1)
-
-    def prompt_of(self, row: int) -> int:
-        return row // self.n
