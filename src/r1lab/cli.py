@@ -139,6 +139,9 @@ def _bare_option(args: list[str], option: str, value: str) -> list[str]:
 def main() -> None:
     # r1lab shows its own progress bars; transformers' per-save/per-load tqdm bars only add noise
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from r1lab.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # pre-training, SFT, GRPO and evaluation all allocate per step
     try:
         app(_bare_option(sys.argv[1:], "--resume", "latest"))
     except KeyboardInterrupt:

@@ -161,6 +161,9 @@ class TrainConfig(Section):
     steps: int = Field(100, ge=1)
     batch_size: int = Field(16, ge=1, description="prompts per step; completions = batch_size * group_size")
     micro_batch_size: int = Field(64, ge=1, description="completions per forward/backward")
+    packed: bool = Field(
+        True, description="packed forward for Llama-family models: each prompt once per group, "
+        "no padding in the matmuls (others, or false, use the padded Hugging Face forward)")
     seed: int = 1
     save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
     keep_last: int = Field(3, ge=1, description="checkpoints kept on disk (the newest ones)")

@@ -21,6 +21,7 @@ import torch
 
 from r1lab.rollout.native import NativeDecoder, native_support
 from r1lab.rollout.types import ENGINES, RolloutBatch, SamplingParams
+from r1lab.runtime import tune_cpu_allocator
 
 
 def left_pad(prompt_ids: list[list[int]], pad_id: int, device: torch.device):
@@ -36,19 +37,22 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int, device: torch.device):
 
 
 def sample_next(
-    logits: torch.Tensor, params: SamplingParams, uniform: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row. logits [A, V], uniform [A] in [0, 1) -> (tokens [A], logprobs [A]).
+    logits: torch.Tensor, params: SamplingParams, uniform: torch.Tensor | None,
+    entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample one token per row. logits [A, V], uniform [A] in [0, 1) -> (tokens [A], logprobs [A]),
+    plus the entropy [A] of the distribution when `entropy` is set.
 
     Inverse-CDF sampling with pre-drawn uniforms (one random number per row, drawn for the whole
-    call at once). The logprob is taken under logits / temperature before top-k / top-p
-    truncation, as the trainer computes it.
+    call at once). The logprob (and entropy) is taken under logits / temperature before top-k /
+    top-p truncation, as the trainer computes it.
     """
     logits = logits.float()
     if params.temperature == 0:
         logp = torch.log_softmax(logits, -1)  # [A, V]
         tok = logits.argmax(-1)  # [A]
-        return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+        out = (tok, logp.gather(-1, tok[:, None]).squeeze(-1))
+        return (*out, _entropy(logp)) if entropy else out
     if params.temperature != 1.0:
         logits = logits / params.temperature
     logp = torch.log_softmax(logits, -1)  # [A, V]
@@ -63,10 +67,18 @@ def sample_next(
         drop = (probs.cumsum(-1) - probs) >= params.top_p
         sorted_logp = sorted_logp.masked_fill(drop, float("-inf"))
         filtered = torch.full_like(filtered, float("-inf")).scatter(-1, order, sorted_logp)
-    cdf = (filtered if filtered is not logp else logp).exp().cumsum(-1)  # [A, V] unnormalised
+    probs = logp.exp()  # [A, V]
+    cdf = (filtered.exp() if filtered is not logp else probs).cumsum(-1)  # [A, V] unnormalised
     target = (uniform * cdf[:, -1])[:, None]  # [A, 1], strictly below the total mass
     tok = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
-    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+    out = (tok, logp.gather(-1, tok[:, None]).squeeze(-1))
+    return (*out, _entropy(logp, probs)) if entropy else out
+
+
+def _entropy(logp: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy [A] of the distributions with log-probabilities logp [A, V] (0 log 0 = 0)."""
+    probs = logp.exp() if probs is None else probs
+    return -(probs * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)
 
 
 @ENGINES.register("hf")
@@ -81,19 +93,11 @@ class HFSampler:
         self.model = model
         self.tokenizer = tokenizer
         self.native = native
+        if model.device.type == "cpu":
+            tune_cpu_allocator()
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.last_backend = ""  # "native" or "hf": which path the last call took
-
-    def _backend(self, rows: int, max_len: int):
-        why = native_support(self.model, max_len) if self.native is not False else "native=False"
-        if why is None:
-            self.last_backend = "native"
-            return NativeDecoder(self.model, rows, max_len)
-        if self.native:
-            raise ValueError(f"native decoding was asked for but is not possible: {why}")
-        self.last_backend = "hf"
-        return _HFForward(self.model)
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
@@ -106,13 +110,45 @@ class HFSampler:
         if params.seed is not None:
             gen = torch.Generator(device=device).manual_seed(params.seed)
         uniforms = torch.rand((T, N), generator=gen, device=device)  # [T, N], one per token
+        width = max(len(p) for p in prompt_ids) + T
+        self._select(N, width)  # which decoder: sets last_backend
+        tokens, logprobs, entropy, lengths, finish = self._decode(prompt_ids, params, uniforms)
+        width = tokens.shape[1]
+        comp_mask = torch.arange(width, device=device)[None, :] < lengths[:, None]  # [N, T']
+        texts = self.tokenizer.batch_decode(
+            [row[: int(n_)].tolist() for row, n_ in zip(tokens, lengths)], skip_special_tokens=True
+        )
+        if was_training:
+            model.train()
+        return RolloutBatch(
+            prompt_ids=[list(p) for p in prompt_ids], completion_ids=tokens,
+            completion_mask=comp_mask.float(), logprobs=logprobs, texts=texts, finish_reasons=finish,
+            n=n, timings={"generate_s": time.perf_counter() - t0},
+            entropy=entropy,
+        )
+
+    def _select(self, rows: int, max_len: int) -> None:
+        why = native_support(self.model, max_len) if self.native is not False else "native=False"
+        if why is not None and self.native:
+            raise ValueError(f"native decoding was asked for but is not possible: {why}")
+        self.last_backend = "native" if why is None else "hf"
+
+    def _decode(self, prompt_ids: list[list[int]], params: SamplingParams, uniforms: torch.Tensor):
+        """Decode P prompts x n samples with the given uniforms [T, P*n]. Returns tokens,
+        logprobs, entropy [P*n, T'] (padded), lengths [P*n] and finish reasons."""
+        device = self.model.device
+        n, N, T = params.n, len(prompt_ids) * params.n, params.max_new_tokens
         ids, mask, pos = left_pad(prompt_ids, self.pad_id, device)  # [P, L]
-        backend = self._backend(N, ids.shape[1] + T)
+        if self.last_backend == "native":
+            backend = NativeDecoder(self.model, N, ids.shape[1] + T)
+        else:
+            backend = _HFForward(self.model)
         logits = backend.prefill(ids, mask, pos, n)  # [P, V]: the prompt is computed once
         logits = logits.repeat_interleave(n, 0) if n > 1 else logits  # [N, V]
         next_pos = (pos[:, -1] + 1).repeat_interleave(n, 0)  # [N]
         tokens = torch.full((N, T), self.pad_id, dtype=torch.long, device=device)
         logprobs = torch.zeros((N, T), device=device)
+        entropy = torch.zeros((N, T), device=device)
         lengths = torch.full((N,), T, dtype=torch.long, device=device)
         finish = ["length"] * N
         # `active`: rows of the full batch held by the backend; `alive`: those still generating.
@@ -122,9 +158,10 @@ class HFSampler:
         eos = torch.tensor(self.eos_ids, device=device)
         stop_check = _StopChecker(self.tokenizer, params.stop) if params.stop else None
         for t in range(T):
-            tok, lp = sample_next(logits, params, uniforms[t, : len(active)])  # [A], [A]
-            tokens[active, t] = tok
+            tok, lp, ent = sample_next(logits, params, uniforms[t, active], entropy=True)
+            tokens[active, t] = tok  # [A]
             logprobs[active, t] = lp
+            entropy[active, t] = ent
             done = torch.isin(tok, eos)  # [A]
             if stop_check is not None:
                 done |= stop_check(tokens[active, : t + 1])
@@ -147,19 +184,9 @@ class HFSampler:
             logits = backend.step(tok, next_pos)  # [A, V]
             next_pos = next_pos + 1
         width = int(lengths.max().item()) if N else 0
-        comp_mask = torch.arange(width, device=device)[None, :] < lengths[:, None]  # [N, T']
-        tokens = tokens[:, :width].masked_fill(~comp_mask, self.pad_id)
-        logprobs = logprobs[:, :width] * comp_mask
-        texts = self.tokenizer.batch_decode(
-            [row[: int(n_)].tolist() for row, n_ in zip(tokens, lengths)], skip_special_tokens=True
-        )
-        if was_training:
-            model.train()
-        return RolloutBatch(
-            prompt_ids=[list(p) for p in prompt_ids], completion_ids=tokens,
-            completion_mask=comp_mask.float(), logprobs=logprobs, texts=texts, finish_reasons=finish,
-            n=n, timings={"generate_s": time.perf_counter() - t0},
-        )
+        keep = torch.arange(width, device=device)[None, :] < lengths[:, None]  # [N, T']
+        return (tokens[:, :width].masked_fill(~keep, self.pad_id), logprobs[:, :width] * keep,
+                entropy[:, :width] * keep, lengths, finish)
 
 
 class _HFForward:

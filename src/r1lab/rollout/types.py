@@ -41,6 +41,9 @@ class RolloutBatch:
     finish_reasons: list[str]  # N of "stop" (eos or a stop string) or "length"
     n: int = 1
     timings: dict[str, float] = field(default_factory=dict)
+    #: [N, T] entropy of the sampling distribution at each completion token (0 on padding), for
+    #: the entropy metric; None when the engine does not report it (the trainer then computes it)
+    entropy: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:  # [N]

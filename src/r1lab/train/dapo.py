@@ -51,7 +51,7 @@ def select_groups(s: Sampled, groups: Sequence[int]) -> Sampled:
         prompt_ids=[r.prompt_ids[g] for g in groups], completion_ids=r.completion_ids[idx],
         completion_mask=r.completion_mask[idx], logprobs=r.logprobs[idx],
         texts=[r.texts[i] for i in idx], finish_reasons=[r.finish_reasons[i] for i in idx],
-        n=G, timings=dict(r.timings))
+        n=G, timings=dict(r.timings), entropy=None if r.entropy is None else r.entropy[idx])
     return Sampled([s.rows[g] for g in groups], rollout, s.rewards[idx])
 
 
@@ -70,7 +70,9 @@ def concat_sampled(parts: Sequence[Sampled], pad_id: int) -> Sampled:
         logprobs=torch.cat([pad(r.logprobs, 0) for r in rs]),  # [N, T]
         texts=[t for r in rs for t in r.texts],
         finish_reasons=[f for r in rs for f in r.finish_reasons],
-        n=rs[0].n)
+        n=rs[0].n,
+        entropy=(None if any(r.entropy is None for r in rs)
+                 else torch.cat([pad(r.entropy, 0) for r in rs])))
     return Sampled([row for p in parts for row in p.rows], rollout,
                    torch.cat([p.rewards for p in parts]))
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from r1lab.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from r1lab.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, masked_mean
 from r1lab.algorithms.metrics import zero_signal_groups
 from r1lab.config import RunConfig
 from r1lab.data.templates import TEMPLATES
@@ -39,6 +39,7 @@ from r1lab.train.common import (
     thinks,
 )
 from r1lab.train.dapo import Sampled, fill_batch, loss_mask, sampled_entropy
+from r1lab.train.packed import PackedBatch, packed_logprobs, packed_support
 from r1lab.train.progress import StepProgress
 from r1lab.train.signals import GracefulStop
 
@@ -155,8 +156,11 @@ class GRPOTrainer:
         advantages, extra = self._advantages(adv_rewards, mask, input_ids, attn, pos, L)  # [N, T]
         # truncated completions still count in their group's statistics, but get no loss
         train_mask = loss_mask(mask, rollout.finish_reasons) if alg.mask_truncated else mask
-        entropy = sampled_entropy(self.model, input_ids, attn, pos, L, train_mask,
-                                  cfg.rollout.temperature)  # the policy that sampled
+        if rollout.entropy is not None:  # the sampler's own distribution: the policy that sampled
+            entropy = masked_mean(rollout.entropy, train_mask).item() if train_mask.sum() else 0.0
+        else:
+            entropy = sampled_entropy(self.model, input_ids, attn, pos, L, train_mask,
+                                      cfg.rollout.temperature)
         # 4-5. clipped policy loss and optimiser step(s)
         update = self._update(input_ids, attn, pos, L, train_mask, rollout.logprobs, advantages,
                               ref_logp)
@@ -204,13 +208,32 @@ class GRPOTrainer:
     def _ref_logprobs(self, input_ids, attn, pos, L) -> torch.Tensor:
         """Reference logprobs [N, T], under inference mode, micro-batches cut to their own length."""
         out = torch.zeros((len(input_ids), input_ids.shape[1] - L), device=input_ids.device)
+        rows = torch.arange(len(input_ids), device=input_ids.device)
         with torch.inference_mode():
-            for idx in _micro_batches(torch.arange(len(input_ids), device=input_ids.device),
-                                      attn[:, L:].sum(-1),
-                                      self.cfg.train.micro_batch_size):
-                out[idx] = completion_logprobs(self.ref_model, input_ids[idx], attn[idx], pos[idx],
-                                               L, self.cfg.rollout.temperature)
+            for idx in self._micro_batches(self.ref_model, rows, attn[:, L:].sum(-1), input_ids.shape[1]):
+                out[idx] = self._logprobs(self.ref_model, idx, input_ids, attn, pos, L)
         return out  # made outside inference mode: autograd may save it for the KL's backward
+
+    def _packed(self, model, width: int) -> bool:
+        """Whether `model`'s forward on sequences of up to `width` tokens is `packed_logprobs`."""
+        return self.cfg.train.packed and packed_support(model, width) is None
+
+    def _micro_batches(self, model, rows: torch.Tensor, lengths: torch.Tensor,
+                       width: int) -> list[torch.Tensor]:
+        """Packed: consecutive rows (a group's completions share one prompt computation).
+        Padded: rows grouped by length, each chunk cut to its own longest sequence."""
+        mb = self.cfg.train.micro_batch_size
+        if self._packed(model, width):
+            return [rows[i:i + mb] for i in range(0, len(rows), mb)]
+        return _micro_batches(rows, lengths[rows], mb)
+
+    def _logprobs(self, model, idx, input_ids, attn, pos, L) -> torch.Tensor:
+        """Token logprobs [len(idx), T] of completions `idx` under `model` (grad as the caller's)."""
+        temperature = self.cfg.rollout.temperature
+        if self._packed(model, input_ids.shape[1]):
+            pb = PackedBatch.from_padded(input_ids, attn, L, idx, next(model.parameters()).dtype)
+            return packed_logprobs(model, pb, temperature)[0]
+        return completion_logprobs(model, input_ids[idx], attn[idx], pos[idx], L, temperature)
 
     def _inert_zero_advantage(self) -> bool:
         """Whether the policy loss gives a token whose advantage is 0 exactly zero loss and zero
@@ -240,7 +263,7 @@ class GRPOTrainer:
         clip/KL *metrics* then average over the completions that were computed).
         """
         cfg, alg = self.cfg, self.cfg.algorithm
-        N, mb = len(input_ids), cfg.train.micro_batch_size
+        N = len(input_ids)
         mini = alg.mini_batch_size or N
         starts = [j for _ in range(alg.num_iterations) for j in range(0, N, mini)]  # one step each
         totals: dict[str, float] = {}
@@ -256,10 +279,9 @@ class GRPOTrainer:
                 rows = rows[(advantages[j:end] * mask[j:end]).ne(0).any(-1)]
                 totals["skipped_rows"] = totals.get("skipped_rows", 0.0) + (end - j - len(rows))
             self.optimizer.zero_grad(set_to_none=True)
-            for idx in _micro_batches(rows, lengths[rows], mb):
+            for idx in self._micro_batches(self.model, rows, lengths, input_ids.shape[1]):
                 m = mask[idx]  # [n, T]
-                logp = completion_logprobs(self.model, input_ids[idx], attn[idx], pos[idx], L,
-                                           cfg.rollout.temperature)  # [n, T]
+                logp = self._logprobs(self.model, idx, input_ids, attn, pos, L)  # [n, T]
                 old = logp.detach() if len(starts) == 1 else sampler_logp[idx]
                 per_token, lm = call_with(self.loss_fn, self.loss_options, logp=logp,
                                           old_logp=old, advantages=advantages[idx], mask=m)

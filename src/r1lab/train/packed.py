@@ -1,0 +1,222 @@
+"""Packed training forward for Llama-family models: each prompt once per group, no padding in
+the matmuls.
+
+A GRPO batch is B prompts x G completions. The usual forward (TRL, and `completion_logprobs`)
+builds one padded row per completion, `[prompt | completion | padding]`, so every prompt token
+is computed G times and every padding token is computed at all; on a CPU, where a step is
+bound by matmul FLOPs, that is wasted time (in the benchmark setting of `bench_vs_trl.py`,
+~25% of the positions). This forward computes exactly the tokens that matter:
+
+* the linears (q/k/v fused, o, gate/up fused, down) run over a flat list of tokens: each
+  prompt's tokens once, then each completion's real tokens;
+* attention runs per block on padded *views* gathered from that list: a prompt attends
+  causally to itself; a completion attends to its own prompt's keys/values (computed once,
+  shared by the G completions) and causally to itself;
+* the LM head runs only at the positions that predict a completion token (the prompt's last
+  token and the completion's tokens but the last).
+
+The arithmetic is the model's own (RMSNorm, RoPE from the model's rotary module, grouped-query
+attention, SwiGLU) over the model's parameters, so autograd gives the same gradients as the
+Hugging Face forward; the tests check logprobs and gradients against it. Anything the native
+decoder cannot reproduce (see `r1lab.rollout.native.native_support`), dropout in training, or
+gradient checkpointing falls back to the Hugging Face forward (`packed_support` says why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from r1lab.rollout.native import _rms, _rotate, native_support
+
+#: float32 logits elements held at once when turning logits into logprobs (256 MiB)
+LOGPROB_CHUNK_ELEMENTS = 1 << 26
+
+
+def packed_support(model, max_len: int) -> str | None:
+    """None when `packed_logprobs` reproduces `model`'s forward, else the reason it does not."""
+    why = native_support(model, max_len)
+    if why is not None:
+        return why
+    checkpointing = getattr(type(model), "is_activation_checkpointing", None)  # transformers >= 5
+    if (getattr(model, "is_activation_checkpointing", False) if checkpointing is not None
+            else getattr(model, "is_gradient_checkpointing", False)):
+        return "gradient checkpointing is on (the packed forward keeps all activations)"
+    if model.training and float(getattr(model.config, "attention_dropout", 0.0) or 0.0) > 0:
+        return "attention dropout is active"
+    return None
+
+
+@dataclass
+class PackedBatch:
+    """Index tensors of one micro-batch, built once and shared by the policy and reference forwards.
+
+    Flat layout (what the linears see): the U distinct prompts' tokens, then the R completions'
+    real tokens. Attention layout: one block per completion, `[its prompt | itself]`, S = Lp + Tc
+    positions, gathered from the flat list (padding positions point at token 0 and are masked).
+    A prompt token's attention output is taken from the first block of its prompt.
+    """
+
+    ids: Tensor  # [n] token ids
+    pos: Tensor  # [n] position ids
+    gather: Tensor  # [R, S] flat index of each block position
+    scatter: Tensor  # [n] index into the R*S block positions that holds each flat token's output
+    bias: Tensor  # [R, 1, S, S] additive attention mask of the blocks
+    valid_c: Tensor  # [R, Tc] bool: real completion tokens
+    pred: Tensor  # [m] flat index of the position that predicts each completion token
+    targets: Tensor  # [m] the completion tokens (row-major over valid_c)
+    width: int  # T of the caller's completion tensor; outputs are [R, width]
+
+    @classmethod
+    def from_padded(cls, input_ids: Tensor, attention_mask: Tensor, prompt_len: int,
+                    rows: Tensor, dtype: torch.dtype = torch.float32) -> PackedBatch:
+        """From the padded layout of `join_prompt_completion` (left-padded prompts, then
+        right-padded completions): rows [R] of input_ids/attention_mask [N, L+T]. Completions
+        whose prompts are the same token sequence share one prompt computation."""
+        rows = rows.to(input_ids.device)
+        prompts = input_ids[rows, :prompt_len].masked_fill(attention_mask[rows, :prompt_len] == 0, -1)
+        uniq, row_prompt = torch.unique(prompts, dim=0, return_inverse=True)  # [U, L], [R]
+        prompt_ids = [[t for t in p if t >= 0] for p in uniq.tolist()]
+        return cls._build(prompt_ids, row_prompt, input_ids[rows, prompt_len:],
+                          attention_mask[rows, prompt_len:].sum(-1), dtype)
+
+    @classmethod
+    def _build(cls, prompt_ids: list[list[int]], row_prompt: Tensor, completion_ids: Tensor,
+               lengths: Tensor, dtype: torch.dtype) -> PackedBatch:
+        """prompt_ids: U token lists; row_prompt [R]: each completion's prompt; completion_ids
+        [R, T] right-padded with `lengths` [R] real tokens."""
+        dev = completion_ids.device
+        R, U = len(row_prompt), len(prompt_ids)
+        if any(not p for p in prompt_ids):
+            raise ValueError("an empty prompt: the first completion token has no position to be "
+                             "predicted from (add a BOS token or a template)")
+        plens = torch.tensor([len(p) for p in prompt_ids], device=dev)  # [U]
+        clens = lengths.to(dev).long()  # [R]
+        Lp, Tc = int(plens.max()), max(1, int(clens.max()) if R else 1)
+        S = Lp + Tc
+        ar_l, ar_t = torch.arange(Lp, device=dev), torch.arange(Tc, device=dev)
+        valid_p = ar_l[None] < plens[:, None]  # [U, Lp], right-padded
+        valid_c = ar_t[None] < clens[:, None]  # [R, Tc]
+        ids_p = torch.zeros((U, Lp), dtype=torch.long, device=dev)
+        for i, p in enumerate(prompt_ids):
+            ids_p[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        comp = completion_ids[:, :Tc]  # [R, Tc]
+        n_p = int(valid_p.sum())
+        n = n_p + int(valid_c.sum())
+        idx_p = torch.zeros((U, Lp), dtype=torch.long, device=dev)
+        idx_p[valid_p] = torch.arange(n_p, device=dev)
+        idx_c = torch.zeros((R, Tc), dtype=torch.long, device=dev)
+        idx_c[valid_c] = torch.arange(n_p, n, device=dev)
+        ids = torch.cat([ids_p[valid_p], comp[valid_c]])
+        pos_c = plens[row_prompt][:, None] + ar_t[None]  # [R, Tc]
+        pos = torch.cat([ar_l.expand(U, Lp)[valid_p], pos_c[valid_c]])
+        # where each flat token's attention output is read: prompts from their first block
+        first = torch.full((U,), R, dtype=torch.long, device=dev).scatter_reduce(
+            0, row_prompt, torch.arange(R, device=dev), "amin")  # [U]
+        at_p = (first[:, None] * S + ar_l[None]).expand(U, Lp)[valid_p]
+        at_c = (torch.arange(R, device=dev)[:, None] * S + Lp + ar_t[None])[valid_c]
+        # completion token t is predicted at token t-1, token 0 at the prompt's last token
+        last_p = idx_p.gather(1, (plens - 1)[:, None])[:, 0]  # [U]
+        pred = torch.cat([last_p[row_prompt][:, None], idx_c[:, :-1]], 1)[valid_c]  # [m]
+        key_ok = torch.cat([valid_p[row_prompt], valid_c], 1)  # [R, S]
+        causal = torch.ones((S, S), dtype=torch.bool, device=dev).tril()
+        # a padding query sees itself, so no row of the mask is empty (no NaN in the backward)
+        ok = (causal[None] & key_ok[:, None, :]) | torch.eye(S, dtype=torch.bool, device=dev)
+        zero, neg = torch.zeros((), dtype=dtype, device=dev), torch.finfo(dtype).min
+        return cls(ids=ids, pos=pos, gather=torch.cat([idx_p[row_prompt], idx_c], 1),
+                   scatter=torch.cat([at_p, at_c]), bias=torch.where(ok, zero, neg)[:, None],
+                   valid_c=valid_c, pred=pred, targets=comp[valid_c], width=completion_ids.shape[1])
+
+    @property
+    def max_len(self) -> int:
+        return self.gather.shape[1]
+
+
+def _fused(*linears) -> tuple[Tensor, Tensor | None]:
+    """Concatenated weights (and biases) of linears that read the same input: one matmul.
+    Made from the parameters inside the forward, so gradients flow back to each of them."""
+    w = torch.cat([lin.weight for lin in linears])
+    if all(lin.bias is None for lin in linears):
+        return w, None
+    return w, torch.cat([lin.bias if lin.bias is not None else
+                         torch.zeros(lin.out_features, dtype=w.dtype, device=w.device)
+                         for lin in linears])
+
+
+def _rope_table(model, max_len: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin [max_len, D] from the model's own rotary module (its scaling included)."""
+    base = model.model
+    emb = base.embed_tokens.weight
+    positions = torch.arange(max_len, device=emb.device)[None]
+    with torch.no_grad():
+        cos, sin = base.rotary_emb(emb[:1][None].detach(), positions)
+    return cos[0].to(dtype), sin[0].to(dtype)
+
+
+def packed_logprobs(model, pb: PackedBatch, temperature: float = 1.0,
+                    entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probabilities of the packed completions' tokens under `model` -> ([R, width], entropy).
+
+    Padding positions get logprob 0. With `entropy=True` the second value is the (detached)
+    entropy of the next-token distribution at each completion token, [R, width], else None.
+    """
+    cfg, base = model.config, model.model
+    embed = base.embed_tokens.weight
+    dt = embed.dtype
+    layers = base.layers
+    a0 = layers[0].self_attn
+    H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, a0.head_dim
+    gqa = {"enable_gqa": True} if Hkv != H else {}
+    cos, sin = _rope_table(model, pb.max_len, dt)
+    cos, sin = cos[pb.pos][:, None], sin[pb.pos][:, None]  # [n, 1, D]
+    n = len(pb.ids)
+    R, S = pb.gather.shape
+    h = F.embedding(pb.ids, embed)  # [n, d]
+    for layer in layers:
+        att, mlp = layer.self_attn, layer.mlp
+        w_qkv, b_qkv = _fused(att.q_proj, att.k_proj, att.v_proj)
+        qkv = F.linear(_rms(h, layer.input_layernorm), w_qkv, b_qkv).view(n, H + 2 * Hkv, D)
+        if getattr(att, "q_norm", None) is not None:  # Qwen3: per-head RMSNorm before RoPE
+            q, k, v = qkv.split([H, Hkv, Hkv], 1)
+            qkv = torch.cat([_rms(q, att.q_norm), _rms(k, att.k_norm), v], 1)
+        # RoPE on q and k, in place: the matmul keeps its input, not its output, for the backward
+        qkv[:, : H + Hkv] = _rotate(qkv[:, : H + Hkv], cos, sin)
+        q, k, v = qkv[pb.gather].transpose(1, 2).split([H, Hkv, Hkv], 1)  # [R, h, S, D]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=pb.bias, scale=att.scaling, **gqa)
+        o = o.transpose(1, 2).reshape(R * S, H * D)[pb.scatter]  # [n, H*D]
+        h = h + F.linear(o, att.o_proj.weight, att.o_proj.bias)
+        x = _rms(h, layer.post_attention_layernorm)
+        gate = F.linear(x, mlp.gate_proj.weight, mlp.gate_proj.bias)
+        h = h + F.linear(F.silu(gate) * F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias),
+                         mlp.down_proj.weight, mlp.down_proj.bias)
+    hp = _rms(h[pb.pred], base.norm)  # [m, d]: only the positions that predict a completion token
+    head = model.lm_head.weight
+    m = len(pb.pred)
+    chunk = max(1, LOGPROB_CHUNK_ELEMENTS // head.shape[0])
+    logps, ents = [], []
+    for i in range(0, m, chunk):
+        lg = F.linear(hp[i:i + chunk], head).float()  # [c, V]
+        if temperature not in (0, 1):
+            lg = lg / temperature
+        lse = lg.logsumexp(-1)
+        logps.append(lg.gather(-1, pb.targets[i:i + chunk, None])[:, 0] - lse)
+        if entropy:
+            with torch.no_grad():
+                p = torch.softmax(lg, -1)
+                ents.append(lse - (p * lg).sum(-1))
+    valid = pb.valid_c
+    out = _unflatten(torch.cat(logps) if logps else hp.new_zeros(0), valid, pb.width)
+    ent = _unflatten(torch.cat(ents), valid, pb.width).detach() if entropy and ents else None
+    return out, ent
+
+
+def _unflatten(flat: Tensor, valid: Tensor, width: int) -> Tensor:
+    """Flat per-token values (row-major over `valid` [R, Tc]) -> [R, width], 0 elsewhere."""
+    R, Tc = valid.shape
+    out = flat.new_zeros((R, Tc)).masked_scatter(valid, flat.float())
+    if width > Tc:
+        out = torch.cat([out, out.new_zeros((R, width - Tc))], 1)
+    return out[:, :width]
