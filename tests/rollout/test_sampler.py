@@ -77,8 +77,14 @@ def test_sampler_logprobs_equal_trainer_logprobs(tokenizer, native):
                                                out.completion_mask, sampler.pad_id)
     with torch.no_grad():
         logp = completion_logprobs(model, ids, attn, pos, L, temperature=0.7)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, L - 1:-1]
+        full = torch.log_softmax(logits / 0.7, -1)
+        entropy = -(full.exp() * full).sum(-1)  # [N, T] of the distribution sampled from
     diff = ((logp - out.logprobs) * out.completion_mask).abs().max().item()
     assert diff < 1e-4
+    # the entropy metric comes from the sampler: it must be the sampled distribution's
+    assert ((entropy - out.entropy) * out.completion_mask).abs().max().item() < 1e-4
+    assert (out.entropy[out.completion_mask == 0] == 0).all() and out.entropy.max() > 0.1
     assert (out.logprobs[out.completion_mask == 0] == 0).all()
     assert (out.completion_ids[out.completion_mask == 0] == sampler.pad_id).all()
 
