@@ -88,18 +88,19 @@ def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind):
 def test_each_distinct_prompt_is_computed_once(tokenizer):
     prompts, comp, mask, ids, attn, pos, L = _batch(tokenizer)
     pb = PackedBatch.from_padded(ids, attn, L, torch.arange(len(ids)))
-    # the 3 prompts' tokens once each + the 42 completion tokens
-    assert len(pb.ids) == sum(len(p) for p in prompts) + int(mask.sum())
+    # the 3 prompts' tokens once each + the 42 completion tokens but each completion's last
+    # (a target that predicts nothing: no forward position needed)
+    assert len(pb.ids) == sum(len(p) for p in prompts) + int(mask.sum()) - len(ids)
     assert int(mask.sum()) == 1 + 7 + 4 + 5 + 2 + 7 + 3 + 6 + 7
     # one completion per prompt but prompts 0 and 2 alike: the rows share one computation
     same = ids.clone()
     same[6:9] = ids[0:3]
     pb = PackedBatch.from_padded(same, attn[[0, 1, 2, 3, 4, 5, 0, 1, 2]], L, torch.tensor([0, 3, 6]))
-    assert len(pb.ids) == len(prompts[0]) + len(prompts[1]) + 1 + 5 + 1
+    assert len(pb.ids) == len(prompts[0]) + len(prompts[1]) + 0 + 4 + 0
     # positions: each prompt from 0, each completion continuing its own prompt
     l0, l1 = len(prompts[0]), len(prompts[1])
     assert sorted(pb.pos.tolist()[: l0 + l1]) == sorted([*range(l0), *range(l1)])
-    assert pb.pos.tolist()[l0 + l1:] == [l0, *range(l1, l1 + 5), l0]
+    assert pb.pos.tolist()[l0 + l1:] == [*range(l1, l1 + 4)]
 
 
 def test_a_subset_of_rows_gives_those_rows(tokenizer):
@@ -109,7 +110,11 @@ def test_a_subset_of_rows_gives_those_rows(tokenizer):
         full, _ = packed_logprobs(model, PackedBatch.from_padded(ids, attn, L, torch.arange(9)))
         rows = torch.tensor([2, 5, 6])
         part, _ = packed_logprobs(model, PackedBatch.from_padded(ids, attn, L, rows))
+        one, _ = packed_logprobs(model, PackedBatch.from_padded(ids, attn, L, torch.tensor([0])))
     torch.testing.assert_close(part, full[rows], atol=1e-5, rtol=0)
+    # a single one-token completion: no completion position enters the forward at all
+    assert mask[0].sum() == 1
+    torch.testing.assert_close(one, full[:1], atol=1e-5, rtol=0)
 
 
 def test_packed_support_names_what_it_cannot_reproduce(tokenizer):

@@ -77,8 +77,7 @@ def sample_next(
 
 def _entropy(logp: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
     """Entropy [A] of the distributions with log-probabilities logp [A, V] (0 log 0 = 0)."""
-    probs = logp.exp() if probs is None else probs
-    return -(probs * logp.clamp(min=torch.finfo(logp.dtype).min)).sum(-1)
+    return torch.special.entr(logp.exp() if probs is None else probs).sum(-1)
 
 
 @ENGINES.register("hf")

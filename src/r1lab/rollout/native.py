@@ -58,34 +58,55 @@ def native_support(model, max_len: int) -> str | None:
     return None
 
 
-def _cat(*xs: Tensor | None) -> Tensor | None:
-    if all(x is None for x in xs):
-        return None
-    if any(x is None for x in xs):  # some projections with bias, some without
-        xs = tuple(torch.zeros(x_.shape[0], device=x_.device, dtype=x_.dtype) if x is None else x
-                   for x, x_ in zip(xs, xs))
-    return torch.cat(xs, 0)
+def _cat(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    """Weights (and biases, zeros where a projection has none) of linears fused into one."""
+    w = torch.cat([lin.weight for lin in linears], 0)
+    if all(lin.bias is None for lin in linears):
+        return w, None
+    return w, torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias
+                         for lin in linears], 0)
+
+
+def _eps(norm: nn.Module) -> float:
+    return getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
 
 
 class _Layer:
-    """One decoder layer's weights, q/k/v and gate/up fused."""
+    """One decoder layer's weights, q/k/v and gate/up fused.
+
+    In float32 the RMSNorm weight that precedes a projection is folded into its columns
+    (W diag(g) x = W (g * x)), so a norm is 5 elementwise operations on [A, d] and no more.
+    """
 
     def __init__(self, layer: nn.Module) -> None:
         a, m = layer.self_attn, layer.mlp
-        self.qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], 0)
-        self.qkv_b = _cat(a.q_proj.bias, a.k_proj.bias, a.v_proj.bias)
+        self.qkv_w, self.qkv_b = _cat([a.q_proj, a.k_proj, a.v_proj])
         self.o_w, self.o_b = a.o_proj.weight, a.o_proj.bias
-        self.gu_w = torch.cat([m.gate_proj.weight, m.up_proj.weight], 0)
-        self.gu_b = _cat(m.gate_proj.bias, m.up_proj.bias)
+        self.gu_w, self.gu_b = _cat([m.gate_proj, m.up_proj])
         self.down_w, self.down_b = m.down_proj.weight, m.down_proj.bias
         self.ln1, self.ln2 = layer.input_layernorm, layer.post_attention_layernorm
+        self.fold = self.qkv_w.dtype == torch.float32
+        if self.fold:
+            self.qkv_w = self.qkv_w * self.ln1.weight
+            self.gu_w = self.gu_w * self.ln2.weight
         self.q_norm, self.k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
         self.scale = a.scaling
+
+    def norm1(self, h: Tensor) -> Tensor:
+        return _unit_rms(h, _eps(self.ln1)) if self.fold else _rms(h, self.ln1)
+
+    def norm2(self, h: Tensor) -> Tensor:
+        return _unit_rms(h, _eps(self.ln2)) if self.fold else _rms(h, self.ln2)
+
+
+def _unit_rms(x: Tensor, eps: float) -> Tensor:
+    """RMSNorm without its weight (float32): x / sqrt(mean(x^2) + eps)."""
+    return x * x.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
 
 
 def _rms(x: Tensor, norm: nn.Module) -> Tensor:
     """HF's RMSNorm: normalise in float32, cast back, then scale by the weight."""
-    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+    eps = _eps(norm)
     if x.dtype == torch.float32:
         return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
     return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
@@ -96,6 +117,20 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
 
+def _rope_parts(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For `_rotate_fast`: cos, sin with rotate_half's sign folded in, and its permutation."""
+    D = cos.shape[-1]
+    half = D // 2
+    sign = torch.cat([-torch.ones(half), torch.ones(D - half)]).to(sin)
+    perm = torch.cat([torch.arange(half, D), torch.arange(half)]).to(sin.device)
+    return cos, sin * sign, perm
+
+
+def _rotate_fast(x: Tensor, cos: Tensor, signed_sin: Tensor, perm: Tensor) -> Tensor:
+    """`_rotate` in 3 operations: x cos + x[perm] (sign sin)."""
+    return torch.addcmul(x * cos, x.index_select(-1, perm), signed_sin)
+
+
 def _attend_one(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
     """Attention of one query per row. q [A, H, 1, D]; k, v [A, Hkv, S, D]; bias [A, 1, 1, S].
 
@@ -104,10 +139,16 @@ def _attend_one(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> 
     A, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     q = q.reshape(A * Hkv, H // Hkv, D)  # [A*Hkv, G, D]
-    scores = torch.bmm(q, k.reshape(A * Hkv, S, D).transpose(1, 2)).view(A, H, S)  # [A, H, S]
-    probs = torch.softmax(scores * scale + bias[:, 0], -1)  # [A, H, S]
-    o = torch.bmm(probs.view(A * Hkv, H // Hkv, S), v.reshape(A * Hkv, S, D))  # [A*Hkv, G, D]
+    bias = bias[:, 0].expand(A, Hkv, S).reshape(A * Hkv, 1, S)  # the row's key mask, per kv head
+    scores = torch.baddbmm(bias, q, k.reshape(A * Hkv, S, D).transpose(1, 2), alpha=scale)
+    probs = torch.softmax(scores, -1)  # [A*Hkv, G, S]
+    o = torch.bmm(probs, v.reshape(A * Hkv, S, D))  # [A*Hkv, G, D]
     return o.view(A, H, 1, D)
+
+
+def _residual(h: Tensor, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """h + x W^T (+ b), the residual add done by the matmul itself where there is no bias."""
+    return torch.addmm(h, x, w.t()) if b is None else h + F.linear(x, w, b)
 
 
 class NativeDecoder:
@@ -121,6 +162,9 @@ class NativeDecoder:
         cfg, base = model.config, model.model
         self.embed = base.embed_tokens.weight
         self.norm, self.lm_head = base.norm, model.lm_head.weight
+        self.fold = self.lm_head.dtype == torch.float32
+        if self.fold:  # the final RMSNorm's weight folded into the LM head, as in `_Layer`
+            self.lm_head = self.lm_head * self.norm.weight
         self.layers = [_Layer(layer) for layer in base.layers]
         a = base.layers[0].self_attn
         self.H, self.D = cfg.num_attention_heads, a.head_dim
@@ -129,7 +173,7 @@ class NativeDecoder:
         dev, dt = self.embed.device, self.embed.dtype
         positions = torch.arange(max_len, device=dev)[None]  # [1, S]
         cos, sin = base.rotary_emb(self.embed[:1][None], positions)  # [1, S, D]
-        self.cos, self.sin = cos[0].to(dt), sin[0].to(dt)  # [S, D]
+        self.cos, self.sin, self.perm = _rope_parts(cos[0].to(dt), sin[0].to(dt))  # [S, D]
         n_layers = len(self.layers)
         # k and v of every layer in one tensor, so dropping rows is one copy: [2, layers, A, Hkv, S, D]
         self.kv = torch.empty((2, n_layers, rows, self.Hkv, max_len, self.D), device=dev, dtype=dt)
@@ -146,16 +190,15 @@ class NativeDecoder:
         A, S = ids.shape
         c, end = self.len, self.len + S
         H, Hkv, D = self.H, self.Hkv, self.D
-        h = F.embedding(ids, self.embed)  # [A, S, d]
+        h = F.embedding(ids.reshape(-1), self.embed)  # [A*S, d]
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [A, 1, S, D]
         for i, w in enumerate(self.layers):
-            x = _rms(h, w.ln1)
-            qkv = F.linear(x, w.qkv_w, w.qkv_b).view(A, S, H + 2 * Hkv, D).transpose(1, 2)  # [A, h, S, D]
-            if w.q_norm is not None:
+            qkv = F.linear(w.norm1(h), w.qkv_w, w.qkv_b).view(A, S, H + 2 * Hkv, D).transpose(1, 2)
+            if w.q_norm is not None:  # [A, h, S, D]
                 qk = torch.cat([_rms(qkv[:, :H], w.q_norm), _rms(qkv[:, H:H + Hkv], w.k_norm)], 1)
             else:
                 qk = qkv[:, : H + Hkv]
-            qk = _rotate(qk, cos, sin)  # [A, H+Hkv, S, D]
+            qk = _rotate_fast(qk, cos, sin, self.perm)  # [A, H+Hkv, S, D]
             self.kv[0, i, :, :, c:end] = qk[:, H:]
             self.kv[1, i, :, :, c:end] = qkv[:, H + Hkv:]
             k, v = self.kv[0, i, :, :, :end], self.kv[1, i, :, :, :end]  # [A, Hkv, end, D]
@@ -165,12 +208,13 @@ class NativeDecoder:
                 o = F.scaled_dot_product_attention(
                     qk[:, :H], k, v, attn_mask=attn_bias, scale=w.scale,
                     **({"enable_gqa": True} if self.gqa else {}))  # [A, H, S, D]
-            h = h + F.linear(o.transpose(1, 2).reshape(A, S, H * D), w.o_w, w.o_b)
-            gu = F.linear(_rms(h, w.ln2), w.gu_w, w.gu_b)  # [A, S, 2I]
-            g, u = gu.chunk(2, -1)
-            h = h + F.linear(F.silu(g) * u, w.down_w, w.down_b)
+            h = _residual(h, o.transpose(1, 2).reshape(A * S, H * D), w.o_w, w.o_b)
+            g, u = F.linear(w.norm2(h), w.gu_w, w.gu_b).chunk(2, -1)  # [A*S, I] each
+            h = _residual(h, F.silu(g) * u, w.down_w, w.down_b)
         self.len = end
-        return F.linear(_rms(h[:, -1], self.norm), self.lm_head)  # [A, V]
+        last = h.view(A, S, -1)[:, -1]  # [A, d]
+        x = _unit_rms(last, _eps(self.norm)) if self.fold else _rms(last, self.norm)
+        return F.linear(x, self.lm_head)  # [A, V]
 
     def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor, repeat: int = 1) -> Tensor:
         """Left-padded prompts ids/mask/pos [P, L], computed once; their cache is then repeated

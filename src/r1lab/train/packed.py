@@ -55,8 +55,9 @@ class PackedBatch:
     """Index tensors of one micro-batch, built once and shared by the policy and reference forwards.
 
     Flat layout (what the linears see): the U distinct prompts' tokens, then the R completions'
-    real tokens. Attention layout: one block per completion, `[its prompt | itself]`, S = Lp + Tc
-    positions, gathered from the flat list (padding positions point at token 0 and are masked).
+    real tokens but their last. Attention layout: one block per completion, `[its prompt |
+    itself]`, S = Lp + Tc positions, gathered from the flat list (padding positions point at
+    token 0 and are masked).
     A prompt token's attention output is taken from the first block of its prompt.
     """
 
@@ -65,7 +66,7 @@ class PackedBatch:
     gather: Tensor  # [R, S] flat index of each block position
     scatter: Tensor  # [n] index into the R*S block positions that holds each flat token's output
     bias: Tensor  # [R, 1, S, S] additive attention mask of the blocks
-    valid_c: Tensor  # [R, Tc] bool: real completion tokens
+    valid_c: Tensor  # [R, Tt] bool: real completion tokens (the targets)
     pred: Tensor  # [m] flat index of the position that predicts each completion token
     targets: Tensor  # [m] the completion tokens (row-major over valid_c)
     width: int  # T of the caller's completion tensor; outputs are [R, width]
@@ -95,33 +96,37 @@ class PackedBatch:
                              "predicted from (add a BOS token or a template)")
         plens = torch.tensor([len(p) for p in prompt_ids], device=dev)  # [U]
         clens = lengths.to(dev).long()  # [R]
-        Lp, Tc = int(plens.max()), max(1, int(clens.max()) if R else 1)
+        # A completion's last token is a target but predicts nothing and nothing after it
+        # attends to it: the forward runs on tokens 0 .. len-2 of each completion only.
+        Lp, Tt = int(plens.max()), max(1, int(clens.max()) if R else 1)
+        Tc = Tt - 1  # completion input positions per block
         S = Lp + Tc
-        ar_l, ar_t = torch.arange(Lp, device=dev), torch.arange(Tc, device=dev)
+        ar_l, ar_t = torch.arange(Lp, device=dev), torch.arange(Tt, device=dev)
         valid_p = ar_l[None] < plens[:, None]  # [U, Lp], right-padded
-        valid_c = ar_t[None] < clens[:, None]  # [R, Tc]
+        valid_c = ar_t[None] < clens[:, None]  # [R, Tt]: the targets
+        valid_in = ar_t[None, :Tc] < (clens - 1)[:, None]  # [R, Tc]: the completion inputs
         ids_p = torch.zeros((U, Lp), dtype=torch.long, device=dev)
         for i, p in enumerate(prompt_ids):
             ids_p[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        comp = completion_ids[:, :Tc]  # [R, Tc]
+        comp = completion_ids[:, :Tt]  # [R, Tt]
         n_p = int(valid_p.sum())
-        n = n_p + int(valid_c.sum())
+        n = n_p + int(valid_in.sum())
         idx_p = torch.zeros((U, Lp), dtype=torch.long, device=dev)
         idx_p[valid_p] = torch.arange(n_p, device=dev)
         idx_c = torch.zeros((R, Tc), dtype=torch.long, device=dev)
-        idx_c[valid_c] = torch.arange(n_p, n, device=dev)
-        ids = torch.cat([ids_p[valid_p], comp[valid_c]])
-        pos_c = plens[row_prompt][:, None] + ar_t[None]  # [R, Tc]
-        pos = torch.cat([ar_l.expand(U, Lp)[valid_p], pos_c[valid_c]])
+        idx_c[valid_in] = torch.arange(n_p, n, device=dev)
+        ids = torch.cat([ids_p[valid_p], comp[:, :Tc][valid_in]])
+        pos_c = plens[row_prompt][:, None] + ar_t[None, :Tc]  # [R, Tc]
+        pos = torch.cat([ar_l.expand(U, Lp)[valid_p], pos_c[valid_in]])
         # where each flat token's attention output is read: prompts from their first block
         first = torch.full((U,), R, dtype=torch.long, device=dev).scatter_reduce(
             0, row_prompt, torch.arange(R, device=dev), "amin")  # [U]
         at_p = (first[:, None] * S + ar_l[None]).expand(U, Lp)[valid_p]
-        at_c = (torch.arange(R, device=dev)[:, None] * S + Lp + ar_t[None])[valid_c]
+        at_c = (torch.arange(R, device=dev)[:, None] * S + Lp + ar_t[None, :Tc])[valid_in]
         # completion token t is predicted at token t-1, token 0 at the prompt's last token
         last_p = idx_p.gather(1, (plens - 1)[:, None])[:, 0]  # [U]
-        pred = torch.cat([last_p[row_prompt][:, None], idx_c[:, :-1]], 1)[valid_c]  # [m]
-        key_ok = torch.cat([valid_p[row_prompt], valid_c], 1)  # [R, S]
+        pred = torch.cat([last_p[row_prompt][:, None], idx_c], 1)[valid_c]  # [m]
+        key_ok = torch.cat([valid_p[row_prompt], valid_in], 1)  # [R, S]
         causal = torch.ones((S, S), dtype=torch.bool, device=dev).tril()
         # a padding query sees itself, so no row of the mask is empty (no NaN in the backward)
         ok = (causal[None] & key_ok[:, None, :]) | torch.eye(S, dtype=torch.bool, device=dev)
@@ -132,7 +137,7 @@ class PackedBatch:
 
     @property
     def max_len(self) -> int:
-        return self.gather.shape[1]
+        return self.gather.shape[1] + 1
 
 
 def _fused(*linears) -> tuple[Tensor, Tensor | None]:
