@@ -12,6 +12,10 @@ optimiser step per batch of 64 completions, micro-batch 64). The steps are *inte
 TRL step, ...), so a change in machine load hits both alike; the ratio of medians after warm-up
 is the result. A second comparison at beta 0 (TRL's default) is reported separately.
 
+One process, one allocator: the glibc setting r1lab makes on CPU (`r1lab.runtime`, keep freed
+memory instead of page-faulting it back) is made before either trainer runs, so TRL's steps get
+it too; `R1LAB_MALLOC_TUNING=0` runs both without it.
+
 Requires TRL (`pip install 'r1lab[bench]'`). The last line printed is JSON.
 """
 
@@ -213,7 +217,7 @@ def profile_step(base, tokenizer, beta: float, steps: int) -> None:
     tr._ref_logprobs = timed("reference forward", tr._ref_logprobs)
     tr.optimizer.step = timed("optimiser step", tr.optimizer.step)
     entropy, backward = grpo.sampled_entropy, torch.autograd.backward
-    grpo.sampled_entropy = timed("entropy metric forward (16 rows)", entropy)
+    grpo.sampled_entropy = timed("entropy metric forward (only if the sampler gave none)", entropy)
     torch.autograd.backward = timed("policy backward", backward)
     update = tr._update
     tr._update = timed("_update", update)
@@ -227,6 +231,7 @@ def profile_step(base, tokenizer, beta: float, steps: int) -> None:
         grpo.sampled_entropy, torch.autograd.backward = entropy, backward
     spent["policy forward + loss"] = (spent.pop("_update") - spent["policy backward"]
                                       - spent["optimiser step"])
+    spent = {k: v for k, v in spent.items() if v > 0}
     spent["other (advantages, bookkeeping)"] = total - sum(spent.values())
     print(f"profile of {steps} r1lab GRPO steps (beta {beta}), mean per step {total / steps:.3f} s:")
     for name, s in sorted(spent.items(), key=lambda kv: -kv[1]):
@@ -266,7 +271,9 @@ def main() -> None:
     import trl
 
     from r1lab.models.tiny import build_char_tokenizer
+    from r1lab.runtime import tune_cpu_allocator
 
+    tuned = tune_cpu_allocator()  # before either trainer: both run with the same allocator
     tokenizer = build_char_tokenizer()
     base = build_model(tokenizer)
     model_dir = tempfile.mkdtemp()
@@ -275,14 +282,15 @@ def main() -> None:
     prompt_tokens = sum(len(x) for x in tokenizer([f"Q:{q}\nA:" for q in QUESTIONS])["input_ids"])
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch threads {args.threads}, load {os.getloadavg()[0]:.1f} | torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, trl {trl.__version__}")
+          f"transformers {transformers.__version__}, trl {trl.__version__} | glibc allocator "
+          f"{'tuned for both' if tuned else 'default'}")
     print(f"model: Qwen2ForCausalLM {MODEL}, vocab {len(tokenizer)} (char tokenizer), "
           f"{sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters, float32, "
           f"tied embeddings")
     print(f"setting (both): {len(QUESTIONS)} prompts x G={G}, {NEW_TOKENS} new tokens, T=1.0, "
           f"top-p 1, beta {BETA} (k3), DAPO loss (token sum / batch tokens), eps 0.2, lr {LR} "
           f"constant, AdamW (0.9, 0.999), grad clip 1, seed {SEED}, one optimiser step per 64 "
-          f"completions (micro-batch 64; r1lab splits it by length where that saves padding)")
+          f"completions (micro-batch 64; r1lab packs it: each prompt once per group, no padding)")
     peak = matmul_peak()
     print(f"float32 matmul peak on {args.threads} threads: {peak:.0f} GFLOP/s\n")
 
