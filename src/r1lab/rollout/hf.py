@@ -175,9 +175,8 @@ class HFSampler:
                 if n_alive == 0:
                     break
                 if backend.worth_compacting(len(alive) - n_alive, n_alive, T - 1 - t):
-                    keep = alive.nonzero().squeeze(-1)  # [A']
-                    backend.keep(keep)
-                    active, tok, next_pos, alive = active[keep], tok[keep], next_pos[keep], alive[keep]
+                    order = backend.keep(alive.nonzero().squeeze(-1))  # [A']: old row per new slot
+                    active, tok, next_pos, alive = active[order], tok[order], next_pos[order], alive[order]
             if t == T - 1:
                 break
             logits = backend.step(tok, next_pos)  # [A, V]
@@ -214,9 +213,10 @@ class _HFForward:
     def worth_compacting(self, dead: int, alive: int, steps_left: int) -> bool:
         return steps_left > 0
 
-    def keep(self, rows: torch.Tensor) -> None:
+    def keep(self, rows: torch.Tensor) -> torch.Tensor:
         self.cache.batch_select_indices(rows)
         self.mask = self.mask[rows]
+        return rows
 
 
 class _StopChecker:

@@ -242,16 +242,28 @@ class NativeDecoder:
 
     # ------------------------------------------------------------------ compaction
     def worth_compacting(self, dead: int, alive: int, steps_left: int) -> bool:
-        """Dropping `dead` rows copies the cache of the `alive` ones (twice: select, then place
-        in a buffer with room to grow); it pays when the compute it saves over the remaining
-        steps is larger, both counted in FLOP-equivalents."""
+        """Dropping `dead` rows moves at most min(dead, alive) rows' caches (see `keep`); it
+        pays when the compute it saves over the remaining steps is larger, both counted in
+        FLOP-equivalents."""
         saved = dead * steps_left * 2.0 * self.n_params
         row_bytes = self.kv[:, :, 0, :, : self.len].numel() * self.kv.element_size()
-        return saved > FLOP_PER_BYTE * 2 * alive * row_bytes
+        return saved > FLOP_PER_BYTE * 2 * min(dead, alive) * row_bytes
 
-    def keep(self, rows: Tensor) -> None:
-        """Keep only `rows` (indices into the current batch) in the cache."""
-        kv = torch.empty((*self.kv.shape[:2], len(rows), *self.kv.shape[3:]),
-                         device=self.kv.device, dtype=self.kv.dtype)
-        kv[..., : self.len, :] = self.kv[..., : self.len, :].index_select(2, rows)
-        self.kv, self.bias = kv, self.bias[rows]
+    def keep(self, rows: Tensor) -> Tensor:
+        """Keep only `rows` (ascending indices into the current batch) in the cache.
+
+        Kept rows beyond the new batch size move into the slots of dropped rows, so the copy is
+        of at most that many rows' caches, not of every kept row. Returns, for each new
+        position, the old index of the row now there [len(rows)].
+        """
+        n = len(rows)
+        order = torch.arange(n, device=rows.device)
+        hole = torch.ones(n, dtype=torch.bool, device=rows.device)
+        hole[rows[rows < n]] = False
+        holes, movers = hole.nonzero().squeeze(-1), rows[rows >= n]  # as many of each
+        if len(movers):
+            self.kv[:, :, holes, :, : self.len] = self.kv[:, :, movers, :, : self.len]
+            self.bias[holes] = self.bias[movers]
+            order[holes] = movers
+        self.kv, self.bias = self.kv[:, :, :n], self.bias[:n]
+        return order

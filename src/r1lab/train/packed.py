@@ -65,7 +65,6 @@ class PackedBatch:
     pos: Tensor  # [n] position ids
     gather: Tensor  # [R, S] flat index of each block position
     scatter: Tensor  # [n] index into the R*S block positions that holds each flat token's output
-    bias: Tensor  # [R, 1, S, S] additive attention mask of the blocks
     valid_c: Tensor  # [R, Tt] bool: real completion tokens (the targets)
     pred: Tensor  # [m] flat index of the position that predicts each completion token
     targets: Tensor  # [m] the completion tokens (row-major over valid_c)
@@ -118,21 +117,27 @@ class PackedBatch:
         ids = torch.cat([ids_p[valid_p], comp[:, :Tc][valid_in]])
         pos_c = plens[row_prompt][:, None] + ar_t[None, :Tc]  # [R, Tc]
         pos = torch.cat([ar_l.expand(U, Lp)[valid_p], pos_c[valid_in]])
+        # Attention blocks, one per completion: [its prompt | its completion inputs | padding],
+        # padding only at the end, so a plain causal mask is exact (a real query never sees a
+        # later position; padding queries are never read)
+        plen_r = plens[row_prompt]  # [R]
+        ar_s = torch.arange(S, device=dev)
+        in_prompt = ar_s[None] < plen_r[:, None]  # [R, S]
+        comp_pos = ar_s[None] - plen_r[:, None]  # [R, S]: completion index at block position
+        in_comp = (comp_pos >= 0) & (comp_pos < (clens - 1)[:, None])
+        gather = torch.zeros((R, S), dtype=torch.long, device=dev)
+        gather[in_prompt] = F.pad(idx_p, (0, S - Lp))[row_prompt][in_prompt]
+        if Tc:
+            gather[in_comp] = idx_c.gather(1, comp_pos.clamp(0, Tc - 1))[in_comp]
         # where each flat token's attention output is read: prompts from their first block
         first = torch.full((U,), R, dtype=torch.long, device=dev).scatter_reduce(
             0, row_prompt, torch.arange(R, device=dev), "amin")  # [U]
         at_p = (first[:, None] * S + ar_l[None]).expand(U, Lp)[valid_p]
-        at_c = (torch.arange(R, device=dev)[:, None] * S + Lp + ar_t[None, :Tc])[valid_in]
+        at_c = (torch.arange(R, device=dev)[:, None] * S + plen_r[:, None] + ar_t[None, :Tc])[valid_in]
         # completion token t is predicted at token t-1, token 0 at the prompt's last token
         last_p = idx_p.gather(1, (plens - 1)[:, None])[:, 0]  # [U]
         pred = torch.cat([last_p[row_prompt][:, None], idx_c], 1)[valid_c]  # [m]
-        key_ok = torch.cat([valid_p[row_prompt], valid_in], 1)  # [R, S]
-        causal = torch.ones((S, S), dtype=torch.bool, device=dev).tril()
-        # a padding query sees itself, so no row of the mask is empty (no NaN in the backward)
-        ok = (causal[None] & key_ok[:, None, :]) | torch.eye(S, dtype=torch.bool, device=dev)
-        zero, neg = torch.zeros((), dtype=dtype, device=dev), torch.finfo(dtype).min
-        return cls(ids=ids, pos=pos, gather=torch.cat([idx_p[row_prompt], idx_c], 1),
-                   scatter=torch.cat([at_p, at_c]), bias=torch.where(ok, zero, neg)[:, None],
+        return cls(ids=ids, pos=pos, gather=gather, scatter=torch.cat([at_p, at_c]),
                    valid_c=valid_c, pred=pred, targets=comp[valid_c], width=completion_ids.shape[1])
 
     @property
@@ -189,15 +194,16 @@ def packed_logprobs(model, pb: PackedBatch, temperature: float = 1.0,
             qkv = torch.cat([_rms(q, att.q_norm), _rms(k, att.k_norm), v], 1)
         # RoPE on q and k, in place: the matmul keeps its input, not its output, for the backward
         qkv[:, : H + Hkv] = _rotate(qkv[:, : H + Hkv], cos, sin)
-        q, k, v = qkv[pb.gather].transpose(1, 2).split([H, Hkv, Hkv], 1)  # [R, h, S, D]
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=pb.bias, scale=att.scaling, **gqa)
-        o = o.transpose(1, 2).reshape(R * S, H * D)[pb.scatter]  # [n, H*D]
+        blocks = qkv.index_select(0, pb.gather.view(-1)).view(R, S, H + 2 * Hkv, D)
+        q, k, v = blocks.transpose(1, 2).split([H, Hkv, Hkv], 1)  # [R, h, S, D]
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=att.scaling, **gqa)
+        o = o.transpose(1, 2).reshape(R * S, H * D).index_select(0, pb.scatter)  # [n, H*D]
         h = h + F.linear(o, att.o_proj.weight, att.o_proj.bias)
         x = _rms(h, layer.post_attention_layernorm)
         gate = F.linear(x, mlp.gate_proj.weight, mlp.gate_proj.bias)
         h = h + F.linear(F.silu(gate) * F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias),
                          mlp.down_proj.weight, mlp.down_proj.bias)
-    hp = _rms(h[pb.pred], base.norm)  # [m, d]: only the positions that predict a completion token
+    hp = _rms(h.index_select(0, pb.pred), base.norm)  # [m, d]: only the positions that predict a completion token
     head = model.lm_head.weight
     m = len(pb.pred)
     chunk = max(1, LOGPROB_CHUNK_ELEMENTS // head.shape[0])
