@@ -24,6 +24,7 @@ gradient checkpointing falls back to the Hugging Face forward (`packed_support` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,21 @@ class PackedBatch:
         prompt_ids = [[t for t in p if t >= 0] for p in uniq.tolist()]
         return cls._build(prompt_ids, row_prompt, input_ids[rows, prompt_len:],
                           attention_mask[rows, prompt_len:].sum(-1), dtype)
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[tuple[list[int], list[int]]], device=None,
+                   dtype: torch.dtype = torch.float32) -> PackedBatch:
+        """From (prompt token ids, completion token ids) pairs, e.g. an SFT batch; pairs with
+        the same prompt share one prompt computation."""
+        index: dict[tuple[int, ...], int] = {}
+        row_prompt = [index.setdefault(tuple(p), len(index)) for p, _ in pairs]
+        width = max(1, max(len(c) for _, c in pairs))
+        comp = torch.zeros((len(pairs), width), dtype=torch.long)
+        for i, (_, c) in enumerate(pairs):
+            comp[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        return cls._build([list(p) for p in index], torch.tensor(row_prompt, device=device),
+                          comp.to(device), torch.tensor([len(c) for _, c in pairs], device=device),
+                          dtype)
 
     @classmethod
     def _build(cls, prompt_ids: list[list[int]], row_prompt: Tensor, completion_ids: Tensor,

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from r1lab.train.common import JsonlWriter
+from r1lab.train.packed import PackedBatch, packed_logprobs, packed_support
 
 
 def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
@@ -55,8 +56,13 @@ def train_sft(
     log_path: str | Path | None = None,
     progress: bool = True,
     description: str = "sft",
+    packed: bool = True,
 ) -> list[float]:
-    """Train `model` in place for `steps` optimiser steps; returns the loss of each step."""
+    """Train `model` in place for `steps` optimiser steps; returns the loss of each step.
+
+    `packed`: Llama-family models run `r1lab.train.packed` (no padding in the matmuls; a batch
+    mixing short and long examples costs what its tokens cost); others, or False, the padded
+    Hugging Face forward. Both give the same loss."""
     from r1lab.train.progress import StepProgress
 
     encoded = encode_pairs(tokenizer, pairs)
@@ -67,6 +73,8 @@ def train_sft(
     log = JsonlWriter(log_path) if log_path else None
     losses: list[float] = []
     model.train()
+    longest = max(len(p) + len(c) for p, c in encoded)
+    packed = packed and packed_support(model, longest) is None and all(p for p, _ in encoded)
     with StepProgress(description, steps, enabled=progress) as bar:
         for step in range(steps):
             t0 = time.perf_counter()
@@ -76,8 +84,7 @@ def train_sft(
                 order += fresh
             batch = [encoded[i] for i in order[:batch_size]]
             del order[:batch_size]
-            inputs = collate(batch, tokenizer.pad_token_id, model.device)
-            loss = model(**inputs, use_cache=False).loss  # mean over completion tokens
+            loss = _loss(model, batch, tokenizer.pad_token_id, packed)  # mean over completion tokens
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -93,6 +100,15 @@ def train_sft(
         log.close()
     model.eval()
     return losses
+
+
+def _loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int, packed: bool) -> torch.Tensor:
+    """Mean next-token cross-entropy over the completion tokens of the batch."""
+    if not packed:
+        return model(**collate(batch, pad_id, model.device), use_cache=False).loss
+    pb = PackedBatch.from_pairs(batch, model.device, next(model.parameters()).dtype)
+    logp, _ = packed_logprobs(model, pb)  # [B, T], 0 on padding
+    return -logp.sum() / sum(len(c) for _, c in batch)
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:
