@@ -218,3 +218,21 @@ def test_cli_refuses_a_broken_explicit_resume_path(tmp_path):
     result, out, text = _cli(tmp_path, TINY, "--resume", str(tmp_path / "nowhere"))
     assert result.exit_code == 2 and "nosuchcheckpoint" in text
     assert not out.exists()
+
+
+def test_a_prompt_that_cannot_fit_the_context_is_refused_before_the_run(micro_model, tokenizer):
+    from r1lab.data.validate import check_context
+
+    cfg = RunConfig.model_validate({"data": {"template": "tiny"}, "rollout": {"max_new_tokens": 100}})
+    short = [{"question": "1+1"}, {"question": "2+3"}]
+    long = short + [{"question": "9" * 40}]  # "Q:" + 40 digits + "\nA:" = 45 characters
+    limit = micro_model.config.max_position_embeddings  # 128
+    check_context(short, tokenizer, micro_model, cfg)  # 8 + 100 <= 128
+    with pytest.raises(ConfigError) as err:
+        check_context(long, tokenizer, micro_model, cfg)
+    msg = str(err.value)
+    assert msg.startswith("rollout.max_new_tokens:") and "row 2" in msg
+    n = len(tokenizer("Q:" + "9" * 40 + "\nA:")["input_ids"])
+    assert f"has {n} tokens" in msg and f"reaches {n + 100} positions" in msg and f"{limit}" in msg
+    cfg.rollout.max_new_tokens = limit - n  # exactly at the limit: accepted
+    check_context(long, tokenizer, micro_model, cfg)

@@ -132,6 +132,10 @@ class AlgorithmConfig(Section):
         None, ge=1, description="completions per optimiser step; None = the whole batch")
     dynamic_sampling: bool = Field(False, description="DAPO: drop zero-signal groups, refill")
     max_refill_rounds: int = Field(3, ge=0, description="extra rollout rounds per step at most")
+    dynamic_sampling_metric: str = Field(
+        "accuracy", description="reward component whose all-equal groups dynamic sampling drops "
+        "(DAPO: accuracy, so length shaping cannot keep an all-wrong group); the total reward "
+        "when the run has no such component")
     mask_truncated: bool = Field(False, description="completions cut at max_new_tokens: no loss")
 
 

@@ -140,3 +140,20 @@ def test_trainer_step_with_dynamic_sampling(tmp_path: Path, micro_model, tokeniz
     assert 0 <= m["refill_rounds"] <= 2
     assert seen["N"] == round(m["kept_groups"] * 4) * 2
     assert torch.isfinite(torch.tensor(m["loss"]))
+
+
+def test_dynamic_sampling_judges_signal_by_accuracy_not_the_shaped_total():
+    # group 0: all wrong, but a length penalty makes the totals differ; group 1: one right
+    def sample(round_):
+        s = fake_sampled([-0.1, -0.3, 1.0, -0.2], G=2, T=3, tag=round_)
+        s.signal = torch.tensor([0.0, 0.0, 1.0, 0.0])  # accuracy
+        return s
+
+    first, batch, extra = fill_batch(sample, batch_groups=1, max_refill_rounds=0, pad_id=PAD)
+    assert [r["question"] for r in batch.rows] == ["0:1"]
+    assert batch.signal.tolist() == [1.0, 0.0]
+    torch.testing.assert_close(batch.rewards, torch.tensor([1.0, -0.2]))
+    # without an accuracy signal the shaped totals would have kept the all-wrong group 0
+    plain = fake_sampled([-0.1, -0.3, 1.0, -0.2], G=2, T=3)
+    _, kept, _ = fill_batch(lambda r: plain, batch_groups=1, max_refill_rounds=0, pad_id=PAD)
+    assert [r["question"] for r in kept.rows] == ["0:0"]

@@ -53,3 +53,11 @@ def chat(question: str, tokenizer: Any) -> str:
 @TEMPLATES.register("plain")
 def plain(question: str, tokenizer: Any) -> str:
     return question
+
+
+def encode_prompts(rows, tokenizer: Any, template: str, field: str) -> list[list[int]]:
+    """Token ids of each row's prompt: `rows[i][field]` through the template `template`.
+    A chat template already holds its special tokens; the others get the tokenizer's (BOS)."""
+    fn = TEMPLATES.get(template)
+    texts = [fn(r[field], tokenizer) for r in rows]
+    return tokenizer(texts, add_special_tokens=template != "chat")["input_ids"]

@@ -81,3 +81,24 @@ def check_tokenizer(tokenizer: Any, model: Any, cfg: RunConfig) -> None:
                 raise ConfigError(
                     f"model.path: {where} cannot spell {tag!r} (it becomes unknown tokens), but "
                     "the format reward and the r1_zero template need the R1 tags")
+
+
+def check_context(rows: list[dict[str, Any]], tokenizer: Any, model: Any, cfg: RunConfig) -> None:
+    """Every prompt plus `rollout.max_new_tokens` fits the model's context
+    (`max_position_embeddings`), so no run fails or silently degrades at some later step."""
+    from r1lab.data.templates import encode_prompts
+
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not limit or not rows:
+        return
+    lengths = [len(ids) for ids in encode_prompts(rows, tokenizer, cfg.data.template,
+                                                  cfg.data.prompt_field)]
+    i = max(range(len(lengths)), key=lengths.__getitem__)
+    need = lengths[i] + cfg.rollout.max_new_tokens
+    if need > limit:
+        text = str(rows[i][cfg.data.prompt_field])
+        raise ConfigError(
+            f"rollout.max_new_tokens: the longest prompt (row {i}: {text[:60]!r}{'...' if len(text) > 60 else ''}) "
+            f"has {lengths[i]} tokens, so with max_new_tokens={cfg.rollout.max_new_tokens} a "
+            f"sequence reaches {need} positions, past the model's context of {limit} "
+            "(max_position_embeddings); lower rollout.max_new_tokens or drop the longest prompts")

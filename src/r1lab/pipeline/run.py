@@ -14,7 +14,7 @@ from r1lab.config import RunConfig, save_config
 from r1lab.data.loading import load_rows
 from r1lab.data.tasks import generate
 from r1lab.data.templates import TEMPLATES
-from r1lab.data.validate import check_config, check_tokenizer
+from r1lab.data.validate import check_config, check_context, check_tokenizer
 from r1lab.evaluation import evaluate, paper_protocols
 from r1lab.models import load_policy
 from r1lab.train.checkpoint import resolve_resume
@@ -54,6 +54,7 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     model, tokenizer = load_policy(cfg.model, seed=cfg.train.seed)
     check_tokenizer(tokenizer, model, cfg)
+    check_context(train_rows, tokenizer, model, cfg)  # prompt + max_new_tokens fit the model
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()

@@ -36,6 +36,8 @@ class Sampled:
     rollout: RolloutBatch  # N = B * G completions
     rewards: torch.Tensor  # [N]
     scored: RewardBatch | None = None  # the composer's full report, when not a selection
+    #: [N] what decides whether a group has signal (DAPO: accuracy); None = the total reward
+    signal: torch.Tensor | None = None
 
     @property
     def num_groups(self) -> int:
@@ -52,7 +54,8 @@ def select_groups(s: Sampled, groups: Sequence[int]) -> Sampled:
         completion_mask=r.completion_mask[idx], logprobs=r.logprobs[idx],
         texts=[r.texts[i] for i in idx], finish_reasons=[r.finish_reasons[i] for i in idx],
         n=G, timings=dict(r.timings), entropy=None if r.entropy is None else r.entropy[idx])
-    return Sampled([s.rows[g] for g in groups], rollout, s.rewards[idx])
+    return Sampled([s.rows[g] for g in groups], rollout, s.rewards[idx],
+                   signal=None if s.signal is None else s.signal[idx])
 
 
 def concat_sampled(parts: Sequence[Sampled], pad_id: int) -> Sampled:
@@ -74,7 +77,9 @@ def concat_sampled(parts: Sequence[Sampled], pad_id: int) -> Sampled:
         entropy=(None if any(r.entropy is None for r in rs)
                  else torch.cat([pad(r.entropy, 0) for r in rs])))
     return Sampled([row for p in parts for row in p.rows], rollout,
-                   torch.cat([p.rewards for p in parts]))
+                   torch.cat([p.rewards for p in parts]),
+                   signal=(None if any(p.signal is None for p in parts)
+                           else torch.cat([p.signal for p in parts])))
 
 
 def fill_batch(
@@ -82,8 +87,9 @@ def fill_batch(
 ) -> tuple[Sampled, Sampled, int]:
     """DAPO dynamic sampling -> (first round as sampled, batch to train on, extra rounds used).
 
-    `sample(round)` draws B fresh prompts and their G completions. Groups with signal (rewards
-    not all equal) are kept round after round until `batch_groups` are kept (the surplus of the
+    `sample(round)` draws B fresh prompts and their G completions. Groups with signal (values of
+    `Sampled.signal`, DAPO's accuracy, or else the total rewards, not all equal) are kept round
+    after round until `batch_groups` are kept (the surplus of the
     last round is dropped) or `max_refill_rounds` extra rounds are spent. The first round is
     returned too: it is an unfiltered on-policy sample, so reward curves stay comparable with
     runs without dynamic sampling.
@@ -92,7 +98,8 @@ def fill_batch(
     kept: list[Sampled] = []
     count, rounds, current = 0, 0, first
     while True:
-        signal = ~zero_signal_groups(current.rewards, current.rollout.n)[:: current.rollout.n]
+        values = current.rewards if current.signal is None else current.signal
+        signal = ~zero_signal_groups(values, current.rollout.n)[:: current.rollout.n]
         groups = signal.nonzero().flatten().tolist()[: batch_groups - count]
         if groups:
             kept.append(select_groups(current, groups))

@@ -27,7 +27,7 @@ import torch
 from r1lab.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, masked_mean
 from r1lab.algorithms.metrics import zero_signal_groups
 from r1lab.config import RunConfig
-from r1lab.data.templates import TEMPLATES
+from r1lab.data.templates import TEMPLATES, encode_prompts
 from r1lab.rewards import RewardComposer
 from r1lab.rollout import RolloutBatch, SamplingParams, build_engine
 from r1lab.train import checkpoint as ckpt
@@ -103,10 +103,8 @@ class GRPOTrainer:
         return [self.rows[i] for i in picked]
 
     def encode(self, rows: Sequence[dict[str, Any]]) -> list[list[int]]:
-        field = self.cfg.data.prompt_field
-        texts = [self.template(r[field], self.tokenizer) for r in rows]
-        special = self.cfg.data.template != "chat"  # a chat template already holds its specials
-        return self.tokenizer(texts, add_special_tokens=special)["input_ids"]
+        d = self.cfg.data
+        return encode_prompts(rows, self.tokenizer, d.template, d.prompt_field)
 
     # ---------------------------------------------------------------- one step
     def step(self) -> dict[str, Any]:
@@ -131,7 +129,11 @@ class GRPOTrainer:
             scored = self.rewards(rollout.texts, group_rows)
             spent["generate"] += t_gen - t
             spent["reward"] += time.perf_counter() - t_gen
-            return Sampled(rows, rollout, torch.tensor(scored.total, dtype=torch.float32), scored)
+            key = alg.dynamic_sampling_metric
+            signal = (torch.tensor(scored.components[key], dtype=torch.float32)
+                      if key in scored.components else None)
+            return Sampled(rows, rollout, torch.tensor(scored.total, dtype=torch.float32), scored,
+                           signal)
 
         # 1-2. sample G completions per prompt and score them; with DAPO's dynamic sampling, groups
         # whose rewards are all equal are dropped and refilled from fresh prompts
