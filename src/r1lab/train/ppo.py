@@ -30,6 +30,8 @@ from r1lab.config import RunConfig
 from r1lab.train.common import call_with
 from r1lab.train.grpo import GRPOTrainer
 
+CRITIC = "critic.safetensors"
+
 
 class ValueModel(nn.Module):
     """V(prompt + completion[:t]) for every completion position t: the policy's decoder, copied
@@ -121,13 +123,35 @@ class PPOTrainer(GRPOTrainer):
         self.critic.eval()
         return totals
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "critic_optimizer": self.critic_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "critic_optimizer" not in state:
+            raise ValueError("the checkpoint has no critic optimiser state: it was not written by "
+                             "a PPO run (resume it without a `critic:` section)")
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+    def resume(self, path: str | Path) -> list[str]:
+        """GRPO's resume, plus the critic's weights (critic.safetensors) and optimiser."""
+        from safetensors.torch import load_file
+
+        critic_file = Path(path) / CRITIC
+        if not critic_file.is_file():
+            raise ValueError(f"{path}: no {CRITIC}, so the critic cannot be restored (was the "
+                             "checkpoint written by a GRPO run? resume it without `critic:`)")
+        changed = super().resume(path)
+        self.critic.load_state_dict(load_file(str(critic_file), device=str(self.critic.head.weight.device)))
+        return changed
+
     def save(self, path: str | Path, *args: Any, **kwargs: Any) -> Path:
         """The policy as GRPO saves it, and the critic next to it (critic.safetensors)."""
         from safetensors.torch import save_file
 
         out = Path(super().save(path, *args, **kwargs))
         state = {k: v.detach().contiguous().cpu() for k, v in self.critic.state_dict().items()}
-        save_file(state, out / "critic.safetensors")
+        save_file(state, out / CRITIC)
         return out
 
 
