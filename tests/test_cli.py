@@ -62,3 +62,43 @@ def test_bad_override_fails_naming_the_key_before_work(tmp_path: Path):
     assert out.returncode == 2
     assert "rollout.group_sise: unknown key" in out.stdout
     assert not (tmp_path / "x").exists()
+
+
+def test_train_sft_fits_a_dataset_and_writes_a_loadable_checkpoint(tmp_path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = tmp_path / "sft.jsonl"
+    pairs = {"3+4": "<think>3+4=7</think><answer>7</answer>", "10+5": "<answer>15</answer>",
+             "2+2": "<think>2+2=4</think><answer>4</answer>", "8+1": "<answer>9</answer>"}
+    data.write_text("".join(json.dumps({"question": q, "completion": c}) + "\n" for q, c in pairs.items()))
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(f"data: {{source: {data}, template: tiny}}\n"
+                   "sft: {steps: 80, batch_size: 4, lr: 0.01, warmup_steps: 5}\nlog: {progress: false}\n")
+    args = ["train", "sft", str(cfg), "--out", str(tmp_path / "run")]
+    for s in TINY:
+        args += ["--set", s]
+    out = r1lab(*args)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["rows"] == 4 and result["steps"] == 80
+    assert abs(result["first_loss"] - 4.63) < 0.5  # ~uniform over the 103-token vocabulary: ln 103
+    assert result["last_loss"] < 0.1 * result["first_loss"]
+    final = tmp_path / "run" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tok = AutoTokenizer.from_pretrained(final)
+    ids = tok("Q:3+4\nA:", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        gen = model.generate(ids, max_new_tokens=40, do_sample=False)
+    assert tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True) == pairs["3+4"]
+
+
+def test_train_sft_names_the_file_and_line_of_a_bad_row(tmp_path: Path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "1+1", "completion": "2"}\n{"question": "2+2"}\n')
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(f"data: {{source: {data}}}\n")
+    out = r1lab("train", "sft", str(cfg), "--out", str(tmp_path / "run"))
+    assert out.returncode == 2
+    assert f"{data}:2" in out.stdout and "completion" in out.stdout
+    assert not (tmp_path / "run").exists()  # refused before any work

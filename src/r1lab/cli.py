@@ -12,7 +12,7 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="r1lab: reasoning trained into language models by RL with rule-based rewards.")
-train_app = typer.Typer(no_args_is_help=True, help="Training loops (GRPO; PPO when the config has a critic section).")
+train_app = typer.Typer(no_args_is_help=True, help="Training loops: GRPO (PPO when the config has a critic section) and SFT.")
 app.add_typer(train_app, name="train")
 console = Console()
 
@@ -62,6 +62,23 @@ def train_grpo(
         _fail(exc)
     if result.get("stopped"):  # SIGINT / SIGTERM: checkpointed, exit 128 + signal number
         raise typer.Exit(result["exit_code"])
+
+
+@train_app.command("sft")
+def train_sft(
+    config: Annotated[Path, typer.Argument(help="YAML config (data.source, sft:, model:)")],
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/sft"),
+    set_: SetOpt = None,
+) -> None:
+    """Supervised fine-tuning on (prompt, completion) rows: cold start, post-rejection SFT, distillation."""
+    from r1lab.config import ConfigError, load_config
+    from r1lab.data.loading import DataError
+    from r1lab.pipeline.sft import run_sft
+
+    try:
+        run_sft(load_config(config, set_), out, console=console)
+    except (ConfigError, DataError, FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -186,6 +186,20 @@ class PretrainConfig(Section):
     think_fraction: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class SFTConfig(Section):
+    """`r1lab train sft`: next-token cross-entropy on the completions of (prompt, completion)
+    rows (R1's cold start, the SFT after rejection sampling, a distillation student). Prompts are
+    `data.source` rows' `data.prompt_field` through `data.template`."""
+
+    completion_field: str = "completion"
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+
+
 class EvalConfig(Section):
     num_problems: int = Field(200, ge=1)
     k: int = Field(4, ge=1, description="samples per problem for pass@1 averaged over k")
@@ -211,6 +225,7 @@ class RunConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
