@@ -233,7 +233,7 @@ class GRPOTrainer:
         """Token logprobs [len(idx), T] of completions `idx` under `model` (grad as the caller's)."""
         temperature = self.cfg.rollout.temperature
         if self._packed(model, input_ids.shape[1]):
-            pb = PackedBatch.from_padded(input_ids, attn, L, idx, next(model.parameters()).dtype)
+            pb = PackedBatch.from_padded(input_ids, attn, L, idx)
             return packed_logprobs(model, pb, temperature)[0]
         return completion_logprobs(model, input_ids[idx], attn[idx], pos[idx], L, temperature)
 

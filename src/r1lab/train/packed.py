@@ -5,15 +5,22 @@ A GRPO batch is B prompts x G completions. The usual forward (TRL, and `completi
 builds one padded row per completion, `[prompt | completion | padding]`, so every prompt token
 is computed G times and every padding token is computed at all; on a CPU, where a step is
 bound by matmul FLOPs, that is wasted time (in the benchmark setting of `bench_vs_trl.py`,
-~25% of the positions). This forward computes exactly the tokens that matter:
+~29% of the positions). This forward computes exactly the tokens that matter:
 
-* the linears (q/k/v fused, o, gate/up fused, down) run over a flat list of tokens: each
-  prompt's tokens once, then each completion's real tokens;
-* attention runs per block on padded *views* gathered from that list: a prompt attends
-  causally to itself; a completion attends to its own prompt's keys/values (computed once,
-  shared by the G completions) and causally to itself;
+* the linears (q/k/v fused into one matmul, o, gate, up, down) run over a flat list of
+  tokens: each distinct prompt's tokens once, then each completion's tokens but its last (the
+  last is a target; it predicts nothing and nothing attends to it);
+* attention runs on one block per completion, `[its prompt | itself | padding at the end]`,
+  gathered from the flat list, under a plain causal mask (padding only at the end, so no
+  O(S^2) mask tensor); a prompt token's output is read from the first block of its prompt, so
+  the prompt's keys/values are computed once and shared by the G completions;
 * the LM head runs only at the positions that predict a completion token (the prompt's last
   token and the completion's tokens but the last).
+
+The same forward serves SFT (`PackedBatch.from_pairs`): a batch mixing short and long
+examples costs what its tokens cost. On a GPU, fusing q/k/v copies those weights once per
+forward (cheap for small models; at 7B scale a flash-attention varlen path would be the better
+design, not built yet).
 
 The arithmetic is the model's own (RMSNorm, RoPE from the model's rotary module, grouped-query
 attention, SwiGLU) over the model's parameters, so autograd gives the same gradients as the
@@ -73,7 +80,7 @@ class PackedBatch:
 
     @classmethod
     def from_padded(cls, input_ids: Tensor, attention_mask: Tensor, prompt_len: int,
-                    rows: Tensor, dtype: torch.dtype = torch.float32) -> PackedBatch:
+                    rows: Tensor) -> PackedBatch:
         """From the padded layout of `join_prompt_completion` (left-padded prompts, then
         right-padded completions): rows [R] of input_ids/attention_mask [N, L+T]. Completions
         whose prompts are the same token sequence share one prompt computation."""
@@ -82,11 +89,10 @@ class PackedBatch:
         uniq, row_prompt = torch.unique(prompts, dim=0, return_inverse=True)  # [U, L], [R]
         prompt_ids = [[t for t in p if t >= 0] for p in uniq.tolist()]
         return cls._build(prompt_ids, row_prompt, input_ids[rows, prompt_len:],
-                          attention_mask[rows, prompt_len:].sum(-1), dtype)
+                          attention_mask[rows, prompt_len:].sum(-1))
 
     @classmethod
-    def from_pairs(cls, pairs: Sequence[tuple[list[int], list[int]]], device=None,
-                   dtype: torch.dtype = torch.float32) -> PackedBatch:
+    def from_pairs(cls, pairs: Sequence[tuple[list[int], list[int]]], device=None) -> PackedBatch:
         """From (prompt token ids, completion token ids) pairs, e.g. an SFT batch; pairs with
         the same prompt share one prompt computation."""
         index: dict[tuple[int, ...], int] = {}
@@ -96,12 +102,11 @@ class PackedBatch:
         for i, (_, c) in enumerate(pairs):
             comp[i, : len(c)] = torch.tensor(c, dtype=torch.long)
         return cls._build([list(p) for p in index], torch.tensor(row_prompt, device=device),
-                          comp.to(device), torch.tensor([len(c) for _, c in pairs], device=device),
-                          dtype)
+                          comp.to(device), torch.tensor([len(c) for _, c in pairs], device=device))
 
     @classmethod
     def _build(cls, prompt_ids: list[list[int]], row_prompt: Tensor, completion_ids: Tensor,
-               lengths: Tensor, dtype: torch.dtype) -> PackedBatch:
+               lengths: Tensor) -> PackedBatch:
         """prompt_ids: U token lists; row_prompt [R]: each completion's prompt; completion_ids
         [R, T] right-padded with `lengths` [R] real tokens."""
         dev = completion_ids.device

@@ -106,7 +106,7 @@ def _loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int, packed: 
     """Mean next-token cross-entropy over the completion tokens of the batch."""
     if not packed:
         return model(**collate(batch, pad_id, model.device), use_cache=False).loss
-    pb = PackedBatch.from_pairs(batch, model.device, next(model.parameters()).dtype)
+    pb = PackedBatch.from_pairs(batch, model.device)
     logp, _ = packed_logprobs(model, pb)  # [B, T], 0 on padding
     return -logp.sum() / sum(len(c) for _, c in batch)
 
