@@ -109,8 +109,6 @@ class HFSampler:
         if params.seed is not None:
             gen = torch.Generator(device=device).manual_seed(params.seed)
         uniforms = torch.rand((T, N), generator=gen, device=device)  # [T, N], one per token
-        width = max(len(p) for p in prompt_ids) + T
-        self._select(N, width)  # which decoder: sets last_backend
         tokens, logprobs, entropy, lengths, finish = self._decode(prompt_ids, params, uniforms)
         width = tokens.shape[1]
         comp_mask = torch.arange(width, device=device)[None, :] < lengths[:, None]  # [N, T']
@@ -126,11 +124,15 @@ class HFSampler:
             entropy=entropy,
         )
 
-    def _select(self, rows: int, max_len: int) -> None:
+    def _backend(self, rows: int, max_len: int):
         why = native_support(self.model, max_len) if self.native is not False else "native=False"
-        if why is not None and self.native:
+        if why is None:
+            self.last_backend = "native"
+            return NativeDecoder(self.model, rows, max_len)
+        if self.native:
             raise ValueError(f"native decoding was asked for but is not possible: {why}")
-        self.last_backend = "native" if why is None else "hf"
+        self.last_backend = "hf"
+        return _HFForward(self.model)
 
     def _decode(self, prompt_ids: list[list[int]], params: SamplingParams, uniforms: torch.Tensor):
         """Decode P prompts x n samples with the given uniforms [T, P*n]. Returns tokens,
@@ -138,10 +140,7 @@ class HFSampler:
         device = self.model.device
         n, N, T = params.n, len(prompt_ids) * params.n, params.max_new_tokens
         ids, mask, pos = left_pad(prompt_ids, self.pad_id, device)  # [P, L]
-        if self.last_backend == "native":
-            backend = NativeDecoder(self.model, N, ids.shape[1] + T)
-        else:
-            backend = _HFForward(self.model)
+        backend = self._backend(N, ids.shape[1] + T)
         logits = backend.prefill(ids, mask, pos, n)  # [P, V]: the prompt is computed once
         logits = logits.repeat_interleave(n, 0) if n > 1 else logits  # [N, V]
         next_pos = (pos[:, -1] + 1).repeat_interleave(n, 0)  # [N]

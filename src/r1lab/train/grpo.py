@@ -136,7 +136,7 @@ class GRPOTrainer:
                            signal)
 
         # 1-2. sample G completions per prompt and score them; with DAPO's dynamic sampling, groups
-        # whose rewards are all equal are dropped and refilled from fresh prompts
+        # whose `dynamic_sampling_metric` (accuracy) is all equal are dropped and refilled
         if alg.dynamic_sampling:
             first, batch, refills = fill_batch(sample, batch_groups=cfg.train.batch_size,
                                                max_refill_rounds=alg.max_refill_rounds,
@@ -208,7 +208,7 @@ class GRPOTrainer:
         return advantages, {}
 
     def _ref_logprobs(self, input_ids, attn, pos, L) -> torch.Tensor:
-        """Reference logprobs [N, T], under inference mode, micro-batches cut to their own length."""
+        """Reference logprobs [N, T], under inference mode, micro-batch by micro-batch."""
         out = torch.zeros((len(input_ids), input_ids.shape[1] - L), device=input_ids.device)
         rows = torch.arange(len(input_ids), device=input_ids.device)
         with torch.inference_mode():
