@@ -85,6 +85,11 @@ def test_sampler_logprobs_equal_trainer_logprobs(tokenizer, native):
     # the entropy metric comes from the sampler: it must be the sampled distribution's
     assert ((entropy - out.entropy) * out.completion_mask).abs().max().item() < 1e-4
     assert (out.entropy[out.completion_mask == 0] == 0).all() and out.entropy.max() > 0.1
+    # decoding runs in inference mode, but what it returns must be usable in a loss's graph
+    assert not any(x.is_inference() for x in (out.logprobs, out.completion_ids, out.entropy))
+    w = torch.zeros(1, requires_grad=True)
+    (torch.exp(w + out.logprobs) * out.completion_mask).sum().backward()  # saves exp(w + logprobs)
+    assert w.grad is not None
     assert (out.logprobs[out.completion_mask == 0] == 0).all()
     assert (out.completion_ids[out.completion_mask == 0] == sampler.pad_id).all()
 

@@ -109,7 +109,11 @@ class HFSampler:
         if params.seed is not None:
             gen = torch.Generator(device=device).manual_seed(params.seed)
         uniforms = torch.rand((T, N), generator=gen, device=device)  # [T, N], one per token
-        tokens, logprobs, entropy, lengths, finish = self._decode(prompt_ids, params, uniforms)
+        with torch.inference_mode():  # no version counters or view tracking: ~8% faster decoding
+            out = self._decode(prompt_ids, params, uniforms)
+        # clones made outside inference mode are normal tensors, which autograd may save
+        tokens, logprobs, entropy, lengths = (x.clone() for x in out[:4])
+        finish = out[4]
         width = tokens.shape[1]
         comp_mask = torch.arange(width, device=device)[None, :] < lengths[:, None]  # [N, T']
         texts = self.tokenizer.batch_decode(
