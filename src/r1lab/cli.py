@@ -82,6 +82,23 @@ def train_sft(
 
 
 @app.command()
+def sample(
+    config: Annotated[Path, typer.Argument(help="YAML config (model, data, rollout, rewards, reject)")],
+    out: Annotated[Path, typer.Option(help="folder for sft.jsonl, samples.jsonl, summary.json")] = Path("runs/sample"),
+    set_: SetOpt = None,
+) -> None:
+    """Rejection sampling: N samples per prompt, keep what passes the rewards, write an SFT dataset."""
+    from r1lab.config import ConfigError, load_config
+    from r1lab.data.loading import DataError
+    from r1lab.pipeline.reject import run_sample
+
+    try:
+        run_sample(load_config(config, set_), out, console=console)
+    except (ConfigError, DataError, FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(exc)
+
+
+@app.command()
 def score(
     reward: Annotated[str, typer.Option(help="reward name(s), comma-separated, or module:function")],
     input: Annotated[Path, typer.Option("--input", help="JSONL with completions")],  # noqa: A002

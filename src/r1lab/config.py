@@ -200,6 +200,19 @@ class SFTConfig(Section):
     grad_clip: float = Field(1.0, gt=0.0)
 
 
+class RejectConfig(Section):
+    """`r1lab sample`: rejection sampling (R1 stage 3). Each prompt gets `samples_per_prompt`
+    completions from the policy (`rollout.*` sampling settings); a completion is kept when every
+    reward component named in `min_scores` reaches its threshold; at most `keep_per_prompt`
+    distinct completions per prompt go to the SFT dataset."""
+
+    samples_per_prompt: int = Field(4, ge=1)
+    keep_per_prompt: int = Field(1, ge=1)
+    min_scores: dict[str, float] = Field(default_factory=lambda: {"accuracy": 1.0})
+    num_prompts: int | None = Field(None, ge=1, description="first N training prompts; None = all")
+    batch_prompts: int = Field(16, ge=1, description="prompts per sampling call")
+
+
 class EvalConfig(Section):
     num_problems: int = Field(200, ge=1)
     k: int = Field(4, ge=1, description="samples per problem for pass@1 averaged over k")
@@ -226,6 +239,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    reject: RejectConfig = Field(default_factory=RejectConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
