@@ -102,3 +102,13 @@ def test_train_sft_names_the_file_and_line_of_a_bad_row(tmp_path: Path):
     assert out.returncode == 2
     assert f"{data}:2" in out.stdout and "completion" in out.stdout
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_pipeline_r1_refuses_an_override_for_an_unknown_stage(tmp_path: Path):
+    cfg = tmp_path / "r1.yaml"
+    cfg.write_text("pipeline: {overrides: {stage_5: ['train.steps=1']}}\n")
+    out = r1lab("pipeline", "r1", str(cfg), "--out", str(tmp_path / "run"))
+    assert out.returncode == 2
+    assert "pipeline" in out.stdout and "unknown stage stage_5" in out.stdout
+    assert "all_scenario_rl" in out.stdout  # lists the valid stages
+    assert not (tmp_path / "run").exists()

@@ -14,6 +14,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="r1lab: reasoning trained into language models by RL with rule-based rewards.")
 train_app = typer.Typer(no_args_is_help=True, help="Training loops: GRPO (PPO when the config has a critic section) and SFT.")
 app.add_typer(train_app, name="train")
+pipeline_app = typer.Typer(no_args_is_help=True, help="Recipes: several stages, one command.")
+app.add_typer(pipeline_app, name="pipeline")
 console = Console()
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value: section.key=value")]  # noqa: UP045
@@ -77,6 +79,24 @@ def train_sft(
 
     try:
         run_sft(load_config(config, set_), out, console=console)
+    except (ConfigError, DataError, FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(exc)
+
+
+@pipeline_app.command("r1")
+def pipeline_r1(
+    config: Annotated[Path, typer.Argument(help="YAML config (every section, plus pipeline:)")],
+    out: Annotated[Path, typer.Option(help="run folder: one sub-folder per stage")] = Path("runs/r1"),
+    set_: SetOpt = None,
+) -> None:
+    """DeepSeek-R1: cold-start SFT -> reasoning RL -> rejection sampling + SFT -> all-scenario RL.
+    Run it again to skip finished stages and resume an interrupted one."""
+    from r1lab.config import ConfigError, load_config
+    from r1lab.data.loading import DataError
+    from r1lab.pipeline.r1 import run_r1
+
+    try:
+        run_r1(load_config(config, set_), out, console=console)
     except (ConfigError, DataError, FileNotFoundError, ValueError, KeyError) as exc:
         _fail(exc)
 

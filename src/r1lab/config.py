@@ -213,6 +213,31 @@ class RejectConfig(Section):
     batch_prompts: int = Field(16, ge=1, description="prompts per sampling call")
 
 
+PIPELINE_STAGES = ("cold_start", "reasoning_rl", "rejection_sampling", "rejection_sft",
+                   "all_scenario_rl")
+
+
+class PipelineConfig(Section):
+    """`r1lab pipeline r1`: DeepSeek-R1's four stages, each a run of its own command on the
+    previous stage's checkpoint. Every section of this config applies to every stage; `overrides`
+    changes it for one stage (dotted `section.key=value`, as `--set`)."""
+
+    cold_start: str | None = Field(
+        None, description="(prompt, completion) file for the cold-start SFT; None skips stage 1")
+    rejection_sft_from: Literal["base", "rl"] = Field(
+        "base", description="model the rejection-sampled data fine-tunes: the base (as R1 does "
+        "with DeepSeek-V3-Base) or the reasoning-RL checkpoint")
+    overrides: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _stages(self) -> PipelineConfig:
+        unknown = sorted(set(self.overrides) - set(PIPELINE_STAGES))
+        if unknown:
+            raise ValueError(f"overrides: unknown stage {', '.join(unknown)}; stages: "
+                             f"{', '.join(PIPELINE_STAGES)}")
+        return self
+
+
 class EvalConfig(Section):
     num_problems: int = Field(200, ge=1)
     k: int = Field(4, ge=1, description="samples per problem for pass@1 averaged over k")
@@ -240,6 +265,7 @@ class RunConfig(Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     reject: RejectConfig = Field(default_factory=RejectConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -1,0 +1,90 @@
+"""`r1lab pipeline r1`: DeepSeek-R1's recipe as one command (paper, section 2.3).
+
+1. **cold_start**: SFT on a small set of long, readable chains of thought
+   (`pipeline.cold_start`; skipped when unset, which makes stage 2 R1-Zero);
+2. **reasoning_rl**: GRPO with rule-based rewards from the cold-start checkpoint;
+3. **rejection_sampling** with the stage-2 policy (`r1lab sample`: keep what is correct), then
+   **rejection_sft**: SFT on those samples, of the base model (as R1 fine-tunes DeepSeek-V3-Base)
+   or of the RL checkpoint (`pipeline.rejection_sft_from`);
+4. **all_scenario_rl**: GRPO again from the stage-3 checkpoint (in R1 with helpfulness and
+   harmlessness rewards besides the rule-based ones: set them with `pipeline.overrides`).
+
+Each stage is the library function of its own command (`run_sft`, `run_grpo`, `run_sample`),
+run in `OUT/<n>_<stage>/` on the previous stage's `final/` checkpoint, with the config's
+sections plus that stage's `pipeline.overrides`. A finished stage writes `stage.json`; running
+the pipeline again skips finished stages and resumes an interrupted RL stage from its newest
+checkpoint, so the pipeline resumes at stage granularity (and within RL stages, at step
+granularity).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from r1lab.config import PIPELINE_STAGES, RunConfig, apply_overrides, save_config
+
+
+def stage_config(cfg: RunConfig, stage: str, **sets: Any) -> RunConfig:
+    """`cfg` for one stage: `sets` (dotted key -> value) then the stage's own overrides."""
+    raw = cfg.model_dump(mode="json")
+    raw.pop("pipeline")
+    raw = apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in sets.items()])
+    return RunConfig.model_validate(apply_overrides(raw, cfg.pipeline.overrides.get(stage, [])))
+
+
+def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
+    """Run (or finish) the four stages; returns {stage: its result} and writes summary.json."""
+    from r1lab.pipeline.reject import run_sample
+    from r1lab.pipeline.run import run_grpo
+    from r1lab.pipeline.sft import run_sft
+
+    console = console or Console()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    results: dict[str, Any] = {}
+
+    def stage(n: int, name: str, run, **sets: Any) -> dict[str, Any]:
+        folder = out / f"{n}_{name}"
+        marker = folder / "stage.json"
+        if marker.is_file():
+            console.print(f"[dim]{n} {name}: done before, skipped ({folder})[/]")
+            results[name] = json.loads(marker.read_text())
+            return results[name]
+        console.rule(f"{n} {name}")
+        scfg = stage_config(cfg, name, **sets)
+        result = run(scfg, folder)
+        if result.get("stopped"):  # SIGINT / SIGTERM inside an RL stage: checkpointed, stop here
+            raise SystemExit(result.get("exit_code", 1))
+        marker.write_text(json.dumps(result, indent=2))
+        results[name] = result
+        return result
+
+    def grpo(scfg: RunConfig, folder: Path) -> dict[str, Any]:
+        return run_grpo(scfg, folder, console=console, resume="latest")
+
+    model = {}  # stage 1 skipped: the base model as configured
+    if cfg.pipeline.cold_start:
+        r = stage(1, "cold_start", lambda c, f: run_sft(c, f, console=console),
+                  **{"data.source": cfg.pipeline.cold_start})
+        model = {"model.path": r["final"]}
+    rl = stage(2, "reasoning_rl", grpo, **model)
+    sampled = stage(3, "rejection_sampling", lambda c, f: run_sample(c, f, console=console),
+                    **{"model.path": rl["final"]})
+    # "base": the configured model, before any stage (R1 fine-tunes DeepSeek-V3-Base here)
+    base = {} if cfg.pipeline.rejection_sft_from == "base" else {"model.path": rl["final"]}
+    if not sampled["kept_rows"]:
+        raise ValueError(f"rejection sampling kept no sample (pass rate {sampled['pass_rate']:.3f}"
+                         f" over {sampled['samples']} samples): lower reject.min_scores, raise "
+                         "reject.samples_per_prompt, or train the reasoning_rl stage longer")
+    sft = stage(3, "rejection_sft", lambda c, f: run_sft(c, f, console=console),
+                **base, **{"data.source": sampled["sft"]})
+    stage(4, "all_scenario_rl", grpo, **{"model.path": sft["final"]})
+    (out / "summary.json").write_text(json.dumps(results, indent=2))
+    console.print(f"R1 pipeline finished: {', '.join(n for n in PIPELINE_STAGES if n in results)}; "
+                  f"final checkpoint {results['all_scenario_rl']['final']}", highlight=False)
+    return results
