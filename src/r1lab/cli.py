@@ -102,6 +102,23 @@ def pipeline_r1(
 
 
 @app.command()
+def distill(
+    config: Annotated[Path, typer.Argument(help="YAML config: model = the student, pipeline.teacher")],
+    out: Annotated[Path, typer.Option(help="run folder: teacher samples, student checkpoint")] = Path("runs/distill"),
+    set_: SetOpt = None,
+) -> None:
+    """Distillation: the teacher's samples that pass the rewards fine-tune the student (SFT only)."""
+    from r1lab.config import ConfigError, load_config
+    from r1lab.data.loading import DataError
+    from r1lab.pipeline.distill import run_distill
+
+    try:
+        run_distill(load_config(config, set_), out, console=console)
+    except (ConfigError, DataError, FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(exc)
+
+
+@app.command()
 def sample(
     config: Annotated[Path, typer.Argument(help="YAML config (model, data, rollout, rewards, reject)")],
     out: Annotated[Path, typer.Option(help="folder for sft.jsonl, samples.jsonl, summary.json")] = Path("runs/sample"),

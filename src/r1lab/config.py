@@ -215,6 +215,7 @@ class RejectConfig(Section):
 
 PIPELINE_STAGES = ("cold_start", "reasoning_rl", "rejection_sampling", "rejection_sft",
                    "all_scenario_rl")
+DISTILL_STAGES = ("teacher_sampling", "student_sft")
 
 
 class PipelineConfig(Section):
@@ -227,14 +228,17 @@ class PipelineConfig(Section):
     rejection_sft_from: Literal["base", "rl"] = Field(
         "base", description="model the rejection-sampled data fine-tunes: the base (as R1 does "
         "with DeepSeek-V3-Base) or the reasoning-RL checkpoint")
+    teacher: str | None = Field(
+        None, description="`r1lab distill`: the teacher checkpoint (a local HF directory); "
+        "`model` is the student")
     overrides: dict[str, list[str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _stages(self) -> PipelineConfig:
-        unknown = sorted(set(self.overrides) - set(PIPELINE_STAGES))
+        unknown = sorted(set(self.overrides) - set(PIPELINE_STAGES) - set(DISTILL_STAGES))
         if unknown:
             raise ValueError(f"overrides: unknown stage {', '.join(unknown)}; stages: "
-                             f"{', '.join(PIPELINE_STAGES)}")
+                             f"{', '.join(PIPELINE_STAGES + DISTILL_STAGES)}")
         return self
 
 

@@ -36,6 +36,34 @@ def stage_config(cfg: RunConfig, stage: str, **sets: Any) -> RunConfig:
     return RunConfig.model_validate(apply_overrides(raw, cfg.pipeline.overrides.get(stage, [])))
 
 
+class Stages:
+    """Runs named stages in `out/<n>_<name>/`, each once: a finished stage writes `stage.json`
+    and is skipped (its result read back) when the recipe runs again."""
+
+    def __init__(self, cfg: RunConfig, out: Path, console: Console) -> None:
+        self.cfg, self.out, self.console = cfg, out, console
+        self.results: dict[str, Any] = {}
+
+    def __call__(self, n: int, name: str, run, **sets: Any) -> dict[str, Any]:
+        folder = self.out / f"{n}_{name}"
+        marker = folder / "stage.json"
+        if marker.is_file():
+            self.console.print(f"[dim]{n} {name}: done before, skipped ({folder})[/]")
+            self.results[name] = json.loads(marker.read_text())
+            return self.results[name]
+        self.console.rule(f"{n} {name}")
+        result = run(stage_config(self.cfg, name, **sets), folder)
+        if result.get("stopped"):  # SIGINT / SIGTERM inside an RL stage: checkpointed, stop here
+            raise SystemExit(result.get("exit_code", 1))
+        marker.write_text(json.dumps(result, indent=2))
+        self.results[name] = result
+        return result
+
+    def finish(self) -> dict[str, Any]:
+        (self.out / "summary.json").write_text(json.dumps(self.results, indent=2))
+        return self.results
+
+
 def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
     """Run (or finish) the four stages; returns {stage: its result} and writes summary.json."""
     from r1lab.pipeline.reject import run_sample
@@ -46,23 +74,7 @@ def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    results: dict[str, Any] = {}
-
-    def stage(n: int, name: str, run, **sets: Any) -> dict[str, Any]:
-        folder = out / f"{n}_{name}"
-        marker = folder / "stage.json"
-        if marker.is_file():
-            console.print(f"[dim]{n} {name}: done before, skipped ({folder})[/]")
-            results[name] = json.loads(marker.read_text())
-            return results[name]
-        console.rule(f"{n} {name}")
-        scfg = stage_config(cfg, name, **sets)
-        result = run(scfg, folder)
-        if result.get("stopped"):  # SIGINT / SIGTERM inside an RL stage: checkpointed, stop here
-            raise SystemExit(result.get("exit_code", 1))
-        marker.write_text(json.dumps(result, indent=2))
-        results[name] = result
-        return result
+    stage = Stages(cfg, out, console)
 
     def grpo(scfg: RunConfig, folder: Path) -> dict[str, Any]:
         return run_grpo(scfg, folder, console=console, resume="latest")
@@ -84,7 +96,7 @@ def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) 
     sft = stage(3, "rejection_sft", lambda c, f: run_sft(c, f, console=console),
                 **base, **{"data.source": sampled["sft"]})
     stage(4, "all_scenario_rl", grpo, **{"model.path": sft["final"]})
-    (out / "summary.json").write_text(json.dumps(results, indent=2))
+    results = stage.finish()
     console.print(f"R1 pipeline finished: {', '.join(n for n in PIPELINE_STAGES if n in results)}; "
                   f"final checkpoint {results['all_scenario_rl']['final']}", highlight=False)
     return results
