@@ -26,6 +26,17 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _run(run, config: Path, set_: list[str] | None, out: Path, **kwargs):
+    """Load CONFIG with its --set overrides and call `run(cfg, out, console=..., **kwargs)`; a
+    config, data or file error is printed (naming the key or the file:line) with exit code 2."""
+    from r1lab.config import load_config
+
+    try:
+        return run(load_config(config, set_), out, console=console, **kwargs)
+    except (ValueError, FileNotFoundError, KeyError) as exc:  # ConfigError, DataError included
+        _fail(exc)
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
@@ -54,14 +65,9 @@ def train_grpo(
         help="continue a run: bare --resume = the newest valid checkpoint of --out, or a path")] = None,
 ) -> None:
     """GRPO on any local Hugging Face causal LM and any prompt dataset."""
-    from r1lab.config import ConfigError, load_config
     from r1lab.pipeline.run import run_grpo
 
-    try:
-        cfg = load_config(config, set_)
-        result = run_grpo(cfg, out, console=console, resume=resume)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
-        _fail(exc)
+    result = _run(run_grpo, config, set_, out, resume=resume)
     if result.get("stopped"):  # SIGINT / SIGTERM: checkpointed, exit 128 + signal number
         raise typer.Exit(result["exit_code"])
 
@@ -73,14 +79,9 @@ def train_sft(
     set_: SetOpt = None,
 ) -> None:
     """Supervised fine-tuning on (prompt, completion) rows: cold start, post-rejection SFT, distillation."""
-    from r1lab.config import ConfigError, load_config
-    from r1lab.data.loading import DataError
     from r1lab.pipeline.sft import run_sft
 
-    try:
-        run_sft(load_config(config, set_), out, console=console)
-    except (ConfigError, DataError, FileNotFoundError, ValueError, KeyError) as exc:
-        _fail(exc)
+    _run(run_sft, config, set_, out)
 
 
 @pipeline_app.command("r1")
@@ -91,14 +92,9 @@ def pipeline_r1(
 ) -> None:
     """DeepSeek-R1: cold-start SFT -> reasoning RL -> rejection sampling + SFT -> all-scenario RL.
     Run it again to skip finished stages and resume an interrupted one."""
-    from r1lab.config import ConfigError, load_config
-    from r1lab.data.loading import DataError
     from r1lab.pipeline.r1 import run_r1
 
-    try:
-        run_r1(load_config(config, set_), out, console=console)
-    except (ConfigError, DataError, FileNotFoundError, ValueError, KeyError) as exc:
-        _fail(exc)
+    _run(run_r1, config, set_, out)
 
 
 @app.command()
@@ -108,14 +104,9 @@ def distill(
     set_: SetOpt = None,
 ) -> None:
     """Distillation: the teacher's samples that pass the rewards fine-tune the student (SFT only)."""
-    from r1lab.config import ConfigError, load_config
-    from r1lab.data.loading import DataError
     from r1lab.pipeline.distill import run_distill
 
-    try:
-        run_distill(load_config(config, set_), out, console=console)
-    except (ConfigError, DataError, FileNotFoundError, ValueError, KeyError) as exc:
-        _fail(exc)
+    _run(run_distill, config, set_, out)
 
 
 @app.command()
@@ -125,14 +116,9 @@ def sample(
     set_: SetOpt = None,
 ) -> None:
     """Rejection sampling: N samples per prompt, keep what passes the rewards, write an SFT dataset."""
-    from r1lab.config import ConfigError, load_config
-    from r1lab.data.loading import DataError
     from r1lab.pipeline.reject import run_sample
 
-    try:
-        run_sample(load_config(config, set_), out, console=console)
-    except (ConfigError, DataError, FileNotFoundError, ValueError, KeyError) as exc:
-        _fail(exc)
+    _run(run_sample, config, set_, out)
 
 
 @app.command()
@@ -165,13 +151,9 @@ def eval_(
     set_: SetOpt = None,
 ) -> None:
     """pass@1 over k samples, cons@k and pass@k on held-out problems (the paper's protocol)."""
-    from r1lab.config import ConfigError, load_config
     from r1lab.pipeline.evaluate import run_eval
 
-    try:
-        run_eval(load_config(config, set_), out, console=console)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
-        _fail(exc)
+    _run(run_eval, config, set_, out)
 
 
 @app.command()
