@@ -13,6 +13,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+import r1lab.onednn as onednn
 from r1lab.rollout import SamplingParams, build_engine
 from r1lab.rollout.hf import HFSampler
 from r1lab.rollout.native import native_support
@@ -44,8 +45,12 @@ def _model(tokenizer, kind: str, seed: int = 0):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
-@pytest.mark.parametrize("native", [True, False])
-def test_greedy_equals_model_generate(tokenizer, kind, native):
+@pytest.mark.parametrize("backend", ["native", "native, torch linears", "hf"])
+def test_greedy_equals_model_generate(tokenizer, kind, backend, monkeypatch):
+    """Native decoding with oneDNN linears (the CPU default), with torch's, and the fallback."""
+    if backend == "native, torch linears":
+        monkeypatch.setattr(onednn, "_usable", False)
+    native = backend != "hf"
     model = _model(tokenizer, kind)
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from r1lab.onednn import Linear
+
 FAMILY = ("llama", "qwen2", "qwen3", "mistral")
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the position only
 #: a CPU moves ~10 float32 FLOP in the time it copies a byte; decides when compaction pays
@@ -58,13 +60,16 @@ def native_support(model, max_len: int) -> str | None:
     return None
 
 
+def _bias(lin: nn.Linear) -> Tensor:
+    return lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias
+
+
 def _cat(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
     """Weights (and biases, zeros where a projection has none) of linears fused into one."""
     w = torch.cat([lin.weight for lin in linears], 0)
     if all(lin.bias is None for lin in linears):
         return w, None
-    return w, torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias
-                         for lin in linears], 0)
+    return w, torch.cat([_bias(lin) for lin in linears], 0)
 
 
 def _eps(norm: nn.Module) -> float:
@@ -72,23 +77,33 @@ def _eps(norm: nn.Module) -> float:
 
 
 class _Layer:
-    """One decoder layer's weights, q/k/v and gate/up fused.
+    """One decoder layer's projections, q/k/v fused (and gate/up where that is one matmul).
 
     In float32 the RMSNorm weight that precedes a projection is folded into its columns
     (W diag(g) x = W (g * x)), so a norm is 5 elementwise operations on [A, d] and no more.
+    On CPU (oneDNN, see `r1lab.onednn`) gate and up stay two matmuls, SiLU fused into the
+    first and the product into the second; elsewhere they are one matmul, then SiLU and a product.
     """
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: nn.Module, rows: int) -> None:
         a, m = layer.self_attn, layer.mlp
-        self.qkv_w, self.qkv_b = _cat([a.q_proj, a.k_proj, a.v_proj])
-        self.o_w, self.o_b = a.o_proj.weight, a.o_proj.bias
-        self.gu_w, self.gu_b = _cat([m.gate_proj, m.up_proj])
-        self.down_w, self.down_b = m.down_proj.weight, m.down_proj.bias
         self.ln1, self.ln2 = layer.input_layernorm, layer.post_attention_layernorm
-        self.fold = self.qkv_w.dtype == torch.float32
+        qkv_w, qkv_b = _cat([a.q_proj, a.k_proj, a.v_proj])
+        gate_w, up_w = m.gate_proj.weight, m.up_proj.weight
+        self.fold = qkv_w.dtype == torch.float32
         if self.fold:
-            self.qkv_w = self.qkv_w * self.ln1.weight
-            self.gu_w = self.gu_w * self.ln2.weight
+            qkv_w = qkv_w * self.ln1.weight
+            gate_w, up_w = gate_w * self.ln2.weight, up_w * self.ln2.weight
+        self.qkv = Linear(qkv_w, qkv_b, rows)
+        self.o = Linear(a.o_proj.weight, a.o_proj.bias, rows)
+        self.down = Linear(m.down_proj.weight, m.down_proj.bias, rows)
+        self.gate = Linear(gate_w, m.gate_proj.bias, rows)
+        if self.gate.packed is not None:
+            self.up, self.gu = Linear(up_w, m.up_proj.bias, rows), None
+        else:
+            gu_b = None if m.gate_proj.bias is None and m.up_proj.bias is None else torch.cat(
+                [_bias(m.gate_proj), _bias(m.up_proj)])
+            self.gu = Linear(torch.cat([gate_w, up_w]), gu_b)
         self.q_norm, self.k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
         self.scale = a.scaling
 
@@ -97,6 +112,13 @@ class _Layer:
 
     def norm2(self, h: Tensor) -> Tensor:
         return _unit_rms(h, _eps(self.ln2)) if self.fold else _rms(h, self.ln2)
+
+    def swiglu(self, x: Tensor) -> Tensor:
+        """silu(x Wg^T) * (x Wu^T), x already normalised."""
+        if self.gu is None:
+            return self.up.times(x, self.gate.silu(x))
+        g, u = self.gu(x).chunk(2, -1)
+        return F.silu(g) * u
 
 
 def _unit_rms(x: Tensor, eps: float) -> Tensor:
@@ -117,38 +139,31 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
 
-def _rope_parts(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """For `_rotate_fast`: cos, sin with rotate_half's sign folded in, and its permutation."""
-    D = cos.shape[-1]
-    half = D // 2
-    sign = torch.cat([-torch.ones(half), torch.ones(D - half)]).to(sin)
-    perm = torch.cat([torch.arange(half, D), torch.arange(half)]).to(sin.device)
-    return cos, sin * sign, perm
+def _signed_sin(sin: Tensor) -> Tensor:
+    """sin with rotate_half's sign folded in (see `_rotate_fast`)."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], -1)
 
 
-def _rotate_fast(x: Tensor, cos: Tensor, signed_sin: Tensor, perm: Tensor) -> Tensor:
-    """`_rotate` in 3 operations: x cos + x[perm] (sign sin)."""
-    return torch.addcmul(x * cos, x.index_select(-1, perm), signed_sin)
+def _rotate_fast(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """`_rotate` in 3 operations: x cos + roll(x, -D/2) (sign sin). rotate_half(x) is
+    [-x2, x1] for x = [x1, x2]; rolling by half gives [x2, x1], and the sign sits in sin."""
+    return torch.addcmul(x * cos, x.roll(-(x.shape[-1] // 2), -1), signed_sin)
 
 
 def _attend_one(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
-    """Attention of one query per row. q [A, H, 1, D]; k, v [A, Hkv, S, D]; bias [A, 1, 1, S].
+    """Attention of one query per row. q [A, H, 1, D]; k, v [A, Hkv, S, D]; bias [A*Hkv, 1, S]
+    (the row's key mask repeated per kv head, made once per step by `_one_query_bias`).
 
     Query heads that share a key/value head (grouped-query attention) are one matmul's rows.
     """
     A, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     q = q.reshape(A * Hkv, H // Hkv, D)  # [A*Hkv, G, D]
-    bias = bias[:, 0].expand(A, Hkv, S).reshape(A * Hkv, 1, S)  # the row's key mask, per kv head
     scores = torch.baddbmm(bias, q, k.reshape(A * Hkv, S, D).transpose(1, 2), alpha=scale)
     probs = torch.softmax(scores, -1)  # [A*Hkv, G, S]
     o = torch.bmm(probs, v.reshape(A * Hkv, S, D))  # [A*Hkv, G, D]
     return o.view(A, H, 1, D)
-
-
-def _residual(h: Tensor, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """h + x W^T (+ b), the residual add done by the matmul itself where there is no bias."""
-    return torch.addmm(h, x, w.t()) if b is None else h + F.linear(x, w, b)
 
 
 class NativeDecoder:
@@ -161,11 +176,12 @@ class NativeDecoder:
     def __init__(self, model, rows: int, max_len: int) -> None:
         cfg, base = model.config, model.model
         self.embed = base.embed_tokens.weight
-        self.norm, self.lm_head = base.norm, model.lm_head.weight
-        self.fold = self.lm_head.dtype == torch.float32
+        self.norm, head = base.norm, model.lm_head.weight
+        self.fold = head.dtype == torch.float32
         if self.fold:  # the final RMSNorm's weight folded into the LM head, as in `_Layer`
-            self.lm_head = self.lm_head * self.norm.weight
-        self.layers = [_Layer(layer) for layer in base.layers]
+            head = head * self.norm.weight
+        self.lm_head = Linear(head, None, rows)
+        self.layers = [_Layer(layer, rows) for layer in base.layers]
         a = base.layers[0].self_attn
         self.H, self.D = cfg.num_attention_heads, a.head_dim
         self.Hkv = cfg.num_key_value_heads
@@ -173,7 +189,7 @@ class NativeDecoder:
         dev, dt = self.embed.device, self.embed.dtype
         positions = torch.arange(max_len, device=dev)[None]  # [1, S]
         cos, sin = base.rotary_emb(self.embed[:1][None], positions)  # [1, S, D]
-        self.cos, self.sin, self.perm = _rope_parts(cos[0].to(dt), sin[0].to(dt))  # [S, D]
+        self.cos, self.sin = cos[0].to(dt), _signed_sin(sin[0].to(dt))  # [S, D]
         n_layers = len(self.layers)
         # k and v of every layer in one tensor, so dropping rows is one copy: [2, layers, A, Hkv, S, D]
         self.kv = torch.empty((2, n_layers, rows, self.Hkv, max_len, self.D), device=dev, dtype=dt)
@@ -192,13 +208,15 @@ class NativeDecoder:
         H, Hkv, D = self.H, self.Hkv, self.D
         h = F.embedding(ids.reshape(-1), self.embed)  # [A*S, d]
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [A, 1, S, D]
+        if S == 1:  # one key mask per kv head, shared by the layers
+            attn_bias = attn_bias[:, 0].expand(A, Hkv, end).reshape(A * Hkv, 1, end)
         for i, w in enumerate(self.layers):
-            qkv = F.linear(w.norm1(h), w.qkv_w, w.qkv_b).view(A, S, H + 2 * Hkv, D).transpose(1, 2)
+            qkv = w.qkv(w.norm1(h)).view(A, S, H + 2 * Hkv, D).transpose(1, 2)
             if w.q_norm is not None:  # [A, h, S, D]
                 qk = torch.cat([_rms(qkv[:, :H], w.q_norm), _rms(qkv[:, H:H + Hkv], w.k_norm)], 1)
             else:
                 qk = qkv[:, : H + Hkv]
-            qk = _rotate_fast(qk, cos, sin, self.perm)  # [A, H+Hkv, S, D]
+            qk = _rotate_fast(qk, cos, sin)  # [A, H+Hkv, S, D]
             self.kv[0, i, :, :, c:end] = qk[:, H:]
             self.kv[1, i, :, :, c:end] = qkv[:, H + Hkv:]
             k, v = self.kv[0, i, :, :, :end], self.kv[1, i, :, :, :end]  # [A, Hkv, end, D]
@@ -208,13 +226,12 @@ class NativeDecoder:
                 o = F.scaled_dot_product_attention(
                     qk[:, :H], k, v, attn_mask=attn_bias, scale=w.scale,
                     **({"enable_gqa": True} if self.gqa else {}))  # [A, H, S, D]
-            h = _residual(h, o.transpose(1, 2).reshape(A * S, H * D), w.o_w, w.o_b)
-            g, u = F.linear(w.norm2(h), w.gu_w, w.gu_b).chunk(2, -1)  # [A*S, I] each
-            h = _residual(h, F.silu(g) * u, w.down_w, w.down_b)
+            h = w.o.add_to(h, o.transpose(1, 2).reshape(A * S, H * D))  # residual add fused
+            h = w.down.add_to(h, w.swiglu(w.norm2(h)))
         self.len = end
         last = h.view(A, S, -1)[:, -1]  # [A, d]
         x = _unit_rms(last, _eps(self.norm)) if self.fold else _rms(last, self.norm)
-        return F.linear(x, self.lm_head)  # [A, V]
+        return self.lm_head(x)  # [A, V]
 
     def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor, repeat: int = 1) -> Tensor:
         """Left-padded prompts ids/mask/pos [P, L], computed once; their cache is then repeated

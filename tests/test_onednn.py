@@ -1,0 +1,57 @@
+"""oneDNN linears: each fused form equals its plain torch expression, on both paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import r1lab.onednn as onednn
+from r1lab.onednn import Linear
+
+
+@pytest.fixture(params=["onednn", "torch"])
+def path(request, monkeypatch):
+    if request.param == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    monkeypatch.setattr(onednn, "_usable", None if request.param == "onednn" else False)
+    return request.param
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 7, 64, 130])  # below, at and above the packing hint
+def test_every_form_equals_the_plain_expression(path, bias, rows):
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn((48, 40), generator=g)
+    b = torch.randn(48, generator=g) if bias else None
+    x, h = torch.randn((rows, 40), generator=g), torch.randn((rows, 48), generator=g)
+    lin = Linear(w, b, rows=64)
+    assert (lin.packed is not None) == (path == "onednn")
+    xw = x.double() @ w.double().t() + (b.double() if bias else 0)  # float64 reference
+    tol = dict(rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(lin(x).double(), xw, **tol)
+    torch.testing.assert_close(lin.silu(x).double(), F.silu(xw), **tol)
+    torch.testing.assert_close(lin.add_to(h, x).double(), h.double() + xw, **tol)
+    torch.testing.assert_close(lin.times(x, h).double(), xw * h.double(), **tol)
+
+
+def test_strided_weights_work_and_half_precision_is_not_packed(path):
+    big = torch.randn(8, 10)
+    w = big[:, 2:6]  # a non-contiguous view, as a slice of a fused weight would be
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(Linear(w)(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    assert Linear(w.bfloat16()).packed is None  # only float32 is packed
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_probe_accepts_this_build_and_the_switch_turns_it_off():
+    code = "import r1lab.onednn as o; print(o.onednn_usable())"
+    env = {k: v for k, v in os.environ.items() if k != "R1LAB_ONEDNN"}
+    run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True,  # noqa: E731
+                                   text=True, check=True).stdout.strip()
+    assert run(env) == "True"
+    assert run(env | {"R1LAB_ONEDNN": "0"}) == "False"
