@@ -55,3 +55,29 @@ def test_probe_accepts_this_build_and_the_switch_turns_it_off():
                                    text=True, check=True).stdout.strip()
     assert run(env) == "True"
     assert run(env | {"R1LAB_ONEDNN": "0"}) == "False"
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_with_autograd_equals_f_linear(path, bias):
+    """Values and every gradient (input, weight, bias, residual) of `linear` against F.linear,
+    including a 3-D input and an in-place edit of the output (as RoPE does to q/k/v)."""
+    g = torch.Generator().manual_seed(1)
+    leaves = [torch.randn(s, generator=g, dtype=torch.float64) for s in ((2, 9, 40), (48, 40), (48,), (2, 9, 48))]
+    up = torch.randn((2, 9, 48), generator=g, dtype=torch.float64)
+    grads = []
+    for fn in ("onednn", "reference"):
+        x, w, b, h = (t.float().requires_grad_() for t in leaves)
+        if fn == "onednn":
+            y = onednn.linear(x, w, b if bias else None, add=h)
+        else:
+            y = h + F.linear(x, w, b if bias else None)
+        before = h.detach().clone()
+        y[..., :8] = y[..., :8] * 2  # an in-place edit of the output
+        (y * up.float()).sum().backward()
+        assert torch.equal(h.detach(), before)  # the residual input is not written to
+        grads.append([y.detach()] + [t.grad for t in (x, w, b, h)])
+    for got, want in zip(*grads):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

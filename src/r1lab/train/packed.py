@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from r1lab.onednn import linear
 from r1lab.rollout.native import _rms, _rotate, native_support
 
 #: float32 logits elements held at once when turning logits into logprobs (256 MiB)
@@ -209,7 +210,7 @@ def packed_logprobs(model, pb: PackedBatch, temperature: float = 1.0,
     for layer in layers:
         att, mlp = layer.self_attn, layer.mlp
         w_qkv, b_qkv = _fused(att.q_proj, att.k_proj, att.v_proj)
-        qkv = F.linear(_rms(h, layer.input_layernorm), w_qkv, b_qkv).view(n, H + 2 * Hkv, D)
+        qkv = linear(_rms(h, layer.input_layernorm), w_qkv, b_qkv).view(n, H + 2 * Hkv, D)
         if getattr(att, "q_norm", None) is not None:  # Qwen3: per-head RMSNorm before RoPE
             q, k, v = qkv.split([H, Hkv, Hkv], 1)
             qkv = torch.cat([_rms(q, att.q_norm), _rms(k, att.k_norm), v], 1)
@@ -219,18 +220,18 @@ def packed_logprobs(model, pb: PackedBatch, temperature: float = 1.0,
         q, k, v = blocks.transpose(1, 2).split([H, Hkv, Hkv], 1)  # [R, h, S, D]
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=att.scaling, **gqa)
         o = o.transpose(1, 2).reshape(R * S, H * D).index_select(0, pb.scatter)  # [n, H*D]
-        h = h + F.linear(o, att.o_proj.weight, att.o_proj.bias)
+        h = linear(o, att.o_proj.weight, att.o_proj.bias, add=h)
         x = _rms(h, layer.post_attention_layernorm)
-        gate = F.linear(x, mlp.gate_proj.weight, mlp.gate_proj.bias)
-        h = h + F.linear(F.silu(gate) * F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias),
-                         mlp.down_proj.weight, mlp.down_proj.bias)
+        w_gu, b_gu = _fused(mlp.gate_proj, mlp.up_proj)
+        gate, up = linear(x, w_gu, b_gu).chunk(2, -1)
+        h = linear(F.silu(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias, add=h)
     hp = _rms(h.index_select(0, pb.pred), base.norm)  # [m, d]: only the positions that predict a completion token
     head = model.lm_head.weight
     m = len(pb.pred)
     chunk = max(1, LOGPROB_CHUNK_ELEMENTS // head.shape[0])
     logps, ents = [], []
     for i in range(0, m, chunk):
-        lg = F.linear(hp[i:i + chunk], head).float()  # [c, V]
+        lg = linear(hp[i:i + chunk], head).float()  # [c, V]
         if temperature not in (0, 1):
             lg = lg / temperature
         lse = lg.logsumexp(-1)
