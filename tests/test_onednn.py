@@ -19,6 +19,7 @@ def path(request, monkeypatch):
     if request.param == "onednn" and not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN")
     monkeypatch.setattr(onednn, "_usable", None if request.param == "onednn" else False)
+    monkeypatch.setattr(onednn, "MIN_PACKED_WEIGHT", 1)  # the test weights are small
     return request.param
 
 
@@ -37,6 +38,15 @@ def test_every_form_equals_the_plain_expression(path, bias, rows):
     torch.testing.assert_close(lin.silu(x).double(), F.silu(xw), **tol)
     torch.testing.assert_close(lin.add_to(h, x).double(), h.double() + xw, **tol)
     torch.testing.assert_close(lin.times(x, h).double(), xw * h.double(), **tol)
+
+
+def test_only_large_float32_weights_are_packed(monkeypatch):
+    if not onednn.onednn_usable():
+        pytest.skip("oneDNN not usable here")
+    small, large = torch.randn(128, 512), torch.randn(256, 512)  # 64k and 128k elements
+    assert onednn.MIN_PACKED_WEIGHT == 128 * 1024
+    assert Linear(small).packed is None and Linear(large).packed is not None
+    assert Linear(large.bfloat16()).packed is None
 
 
 def test_strided_weights_work_and_half_precision_is_not_packed(path):

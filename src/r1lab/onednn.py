@@ -26,6 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+#: smallest weight (in elements) worth oneDNN at decoding batch sizes. oneDNN costs ~16 us a
+#: call whatever the size, MKL ~3-8 us for a tiny matmul, so below this size (512 KB of float32)
+#: MKL wins or ties at M <= 16; above it oneDNN wins at every M >= 2 (measured, 2-core machine:
+#: [M=8] 128x512 weight 24 vs 35 us, 256x768 58 vs 31 us, 896x1152 202 vs 94 us, MKL vs oneDNN)
+MIN_PACKED_WEIGHT = 1 << 17
 _usable: bool | None = None
 
 
@@ -58,16 +63,18 @@ def _probe() -> bool:
 class Linear:
     """`x W^T + b` for a fixed weight, with the fused variants a decoder needs.
 
-    On CPU in float32 (when `onednn_usable()`) the weight is packed for oneDNN at construction
-    (`rows`: the typical number of input rows, a layout hint; any row count works); elsewhere
-    (GPU, half precision, no oneDNN) every method is the plain torch expression. The weight must
+    On CPU in float32 (when `onednn_usable()`), for weights of at least `MIN_PACKED_WEIGHT`
+    elements, the weight is packed for oneDNN at construction (`rows`: the typical number of
+    input rows, a layout hint; any row count works); elsewhere (GPU, half precision, small
+    weights, no oneDNN) every method is the plain torch expression. The weight must
     not change while this object is in use: build a new one after an optimiser step.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, rows: int = 64) -> None:
         self.weight, self.bias = weight, bias
         self.packed = None
-        if weight.device.type == "cpu" and weight.dtype == torch.float32 and onednn_usable():
+        if (weight.device.type == "cpu" and weight.dtype == torch.float32
+                and weight.numel() >= MIN_PACKED_WEIGHT and onednn_usable()):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, rows))
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -50,6 +50,8 @@ def test_greedy_equals_model_generate(tokenizer, kind, backend, monkeypatch):
     """Native decoding with oneDNN linears (the CPU default), with torch's, and the fallback."""
     if backend == "native, torch linears":
         monkeypatch.setattr(onednn, "_usable", False)
+    else:  # oneDNN for every linear of the micro model, not only for >= 128k-element weights
+        monkeypatch.setattr(onednn, "MIN_PACKED_WEIGHT", 1)
     native = backend != "hf"
     model = _model(tokenizer, kind)
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
@@ -147,3 +149,27 @@ def test_native_refuses_what_it_does_not_reproduce(tokenizer):
     with pytest.raises(ValueError, match="native decoding"):
         HFSampler(model, tokenizer, native=True).generate([[5, 6]], SamplingParams(max_new_tokens=2))
     assert HFSampler(model, tokenizer).generate([[5, 6]], SamplingParams(max_new_tokens=2)).texts
+
+
+def test_rounded_batch_sizes_change_nothing(tokenizer, monkeypatch):
+    """With oneDNN the decoder shrinks its batch only to rounded sizes (kernel cache), keeping
+    some finished rows: samples, logprobs and lengths must be those of exact shrinking."""
+    from r1lab.rollout.native import NativeDecoder
+
+    monkeypatch.setattr(onednn, "MIN_PACKED_WEIGHT", 1)
+    model = _model(tokenizer, "llama", seed=4)
+    ids = tokenizer(PROMPTS)["input_ids"]
+    params = SamplingParams(n=12, max_new_tokens=24, stop=("7", "a"), seed=5)  # 48 rows
+    sizes: list[int] = []
+    keep = NativeDecoder.keep
+    monkeypatch.setattr(NativeDecoder, "keep", lambda self, rows: sizes.append(len(rows)) or keep(self, rows))
+    rounded = HFSampler(model, tokenizer).generate(ids, params)
+    if not onednn.onednn_usable():
+        pytest.skip("oneDNN not usable: batch sizes are not rounded")
+    assert any(s >= 32 for s in sizes) and all(s < 32 or s % 2 == 0 for s in sizes)  # 32, 34, ..
+    monkeypatch.setattr(NativeDecoder, "batch_size", lambda self, alive: alive)
+    exact = HFSampler(model, tokenizer).generate(ids, params)
+    assert torch.equal(rounded.completion_ids, exact.completion_ids)
+    assert torch.equal(rounded.lengths, exact.lengths) and rounded.finish_reasons == exact.finish_reasons
+    torch.testing.assert_close(rounded.logprobs, exact.logprobs, rtol=0, atol=1e-5)
+    assert 0 < int((rounded.lengths < 24).sum()) < 48  # rows did finish at different times

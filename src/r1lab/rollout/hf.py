@@ -177,8 +177,12 @@ class HFSampler:
                 n_alive = int(alive.sum())
                 if n_alive == 0:
                     break
-                if backend.worth_compacting(len(alive) - n_alive, n_alive, T - 1 - t):
-                    order = backend.keep(alive.nonzero().squeeze(-1))  # [A']: old row per new slot
+                size = backend.batch_size(n_alive)  # >= n_alive: see NativeDecoder.batch_size
+                if size < len(alive) and backend.worth_compacting(len(alive) - size, size, T - 1 - t):
+                    kept = alive.clone()
+                    if size > n_alive:  # finished rows in the lowest slots stay: they need no move
+                        kept[(~alive).nonzero()[: size - n_alive, 0]] = True
+                    order = backend.keep(kept.nonzero().squeeze(-1))  # [A']: old row per new slot
                     active, tok, next_pos, alive = active[order], tok[order], next_pos[order], alive[order]
             if t == T - 1:
                 break
@@ -215,6 +219,9 @@ class _HFForward:
 
     def worth_compacting(self, dead: int, alive: int, steps_left: int) -> bool:
         return steps_left > 0
+
+    def batch_size(self, alive: int) -> int:
+        return alive
 
     def keep(self, rows: torch.Tensor) -> torch.Tensor:
         self.cache.batch_select_indices(rows)
