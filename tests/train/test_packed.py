@@ -23,6 +23,7 @@ from transformers import (
 from r1lab.config import RunConfig
 from r1lab.train.common import completion_logprobs, join_prompt_completion
 from r1lab.train.grpo import GRPOTrainer
+import r1lab.train.packed as packed
 from r1lab.train.packed import PackedBatch, packed_logprobs, packed_support
 
 from .test_speed_equivalence import MICRO
@@ -63,7 +64,12 @@ def _hf_entropy(model, ids, attn, pos, L, temperature):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
-def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind):
+@pytest.mark.parametrize("attention", ["matmuls", "sdpa"])
+def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind, attention, monkeypatch):
+    """Both attention paths (short blocks: matmuls; long: SDPA), with gradients and without
+    (a reference model's forward: SwiGLU fused by oneDNN on CPU)."""
+    if attention == "sdpa":
+        monkeypatch.setattr(packed, "MATMUL_ATTENTION_MAX", 0)
     model = _model(tokenizer, kind).train()
     prompts, comp, mask, ids, attn, pos, L = _batch(tokenizer)
     assert packed_support(model, ids.shape[1]) is None
@@ -83,6 +89,9 @@ def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind):
     (logp * mask * weights).sum().backward()
     for k, p in model.named_parameters():
         torch.testing.assert_close(p.grad, hf_grads[k], atol=1e-5, rtol=1e-4, msg=k)
+    with torch.inference_mode():
+        ref, _ = packed_logprobs(model, pb, temperature=0.7)
+    torch.testing.assert_close(ref * mask, hf.detach() * mask, atol=2e-5, rtol=0)
 
 
 def test_each_distinct_prompt_is_computed_once(tokenizer):

@@ -106,12 +106,13 @@ class _Layer:
             self.gu = Linear(torch.cat([gate_w, up_w]), gu_b)
         self.q_norm, self.k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
         self.scale = a.scaling
+        self.eps1, self.eps2 = (qkv_w.new_tensor(_eps(n)) for n in (self.ln1, self.ln2))
 
     def norm1(self, h: Tensor) -> Tensor:
-        return _unit_rms(h, _eps(self.ln1)) if self.fold else _rms(h, self.ln1)
+        return _unit_rms(h, self.eps1) if self.fold else _rms(h, self.ln1)
 
     def norm2(self, h: Tensor) -> Tensor:
-        return _unit_rms(h, _eps(self.ln2)) if self.fold else _rms(h, self.ln2)
+        return _unit_rms(h, self.eps2) if self.fold else _rms(h, self.ln2)
 
     def swiglu(self, x: Tensor) -> Tensor:
         """silu(x Wg^T) * (x Wu^T), x already normalised."""
@@ -121,9 +122,11 @@ class _Layer:
         return F.silu(g) * u
 
 
-def _unit_rms(x: Tensor, eps: float) -> Tensor:
-    """RMSNorm without its weight (float32): x / sqrt(mean(x^2) + eps)."""
-    return x * x.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
+def _unit_rms(x: Tensor, eps: Tensor) -> Tensor:
+    """RMSNorm without its weight (float32): x / sqrt(|x|^2 / d + eps), eps a 0-d tensor.
+    4 kernels (the mean(x^2) form takes 6: square, sum, divide, add, rsqrt, multiply)."""
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x * torch.addcmul(eps, n, n, value=1 / x.shape[-1]).rsqrt_()
 
 
 def _rms(x: Tensor, norm: nn.Module) -> Tensor:
@@ -134,26 +137,23 @@ def _rms(x: Tensor, norm: nn.Module) -> Tensor:
     return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
-
-
 def _signed_sin(sin: Tensor) -> Tensor:
     """sin with rotate_half's sign folded in (see `_rotate_fast`)."""
     half = sin.shape[-1] // 2
     return torch.cat([-sin[..., :half], sin[..., half:]], -1)
 
 
-def _rotate_fast(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
-    """`_rotate` in 3 operations: x cos + roll(x, -D/2) (sign sin). rotate_half(x) is
-    [-x2, x1] for x = [x1, x2]; rolling by half gives [x2, x1], and the sign sits in sin."""
-    return torch.addcmul(x * cos, x.roll(-(x.shape[-1] // 2), -1), signed_sin)
+def _rotate_fast(x: Tensor, cos: Tensor, signed_sin: Tensor, out: Tensor | None = None) -> Tensor:
+    """RoPE as transformers applies it, x cos + rotate_half(x) sin, in 3 operations:
+    rotate_half(x) is [-x2, x1] for x = [x1, x2]; rolling by half gives [x2, x1], and the
+    sign sits in `signed_sin` (see `_signed_sin`).
+    `out` may be x itself (both inputs of the last operation are fresh tensors)."""
+    return torch.addcmul(x * cos, x.roll(-(x.shape[-1] // 2), -1), signed_sin, out=out)
 
 
 def _attend_one(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
     """Attention of one query per row. q [A, H, 1, D]; k, v [A, Hkv, S, D]; bias [A*Hkv, 1, S]
-    (the row's key mask repeated per kv head, made once per step by `_one_query_bias`).
+    (the row's key mask repeated per kv head, made once per step for all layers).
 
     Query heads that share a key/value head (grouped-query attention) are one matmul's rows.
     """
@@ -181,6 +181,7 @@ class NativeDecoder:
         if self.fold:  # the final RMSNorm's weight folded into the LM head, as in `_Layer`
             head = head * self.norm.weight
         self.lm_head = Linear(head, None, rows)
+        self.eps = head.new_tensor(_eps(self.norm))
         self.layers = [_Layer(layer, rows) for layer in base.layers]
         self.packed = any(lin.packed is not None for w in self.layers for lin in (w.qkv, w.gate))
         a = base.layers[0].self_attn
@@ -212,26 +213,25 @@ class NativeDecoder:
         if S == 1:  # one key mask per kv head, shared by the layers
             attn_bias = attn_bias[:, 0].expand(A, Hkv, end).reshape(A * Hkv, 1, end)
         for i, w in enumerate(self.layers):
-            qkv = w.qkv(w.norm1(h)).view(A, S, H + 2 * Hkv, D).transpose(1, 2)
-            if w.q_norm is not None:  # [A, h, S, D]
+            qkv = w.qkv(w.norm1(h)).view(A, S, H + 2 * Hkv, D).transpose(1, 2)  # [A, h, S, D]
+            qk = qkv[:, : H + Hkv]
+            if w.q_norm is not None:
                 qk = torch.cat([_rms(qkv[:, :H], w.q_norm), _rms(qkv[:, H:H + Hkv], w.k_norm)], 1)
-            else:
-                qk = qkv[:, : H + Hkv]
-            qk = _rotate_fast(qk, cos, sin)  # [A, H+Hkv, S, D]
-            self.kv[0, i, :, :, c:end] = qk[:, H:]
-            self.kv[1, i, :, :, c:end] = qkv[:, H + Hkv:]
-            k, v = self.kv[0, i, :, :, :end], self.kv[1, i, :, :, :end]  # [A, Hkv, end, D]
+            _rotate_fast(qk, cos, sin, out=qkv[:, : H + Hkv])  # RoPE written back into qkv
+            # k and v of this layer into the cache in one copy: [A, 2*Hkv, S, D] -> [2, A, Hkv, S, D]
+            self.kv[:, i, :, :, c:end] = qkv[:, H:].unflatten(1, (2, Hkv)).transpose(0, 1)
+            q, k, v = qkv[:, :H], self.kv[0, i, :, :, :end], self.kv[1, i, :, :, :end]
             if S == 1:  # decoding: two batched matmuls beat SDPA's CPU kernel for one query
-                o = _attend_one(qk[:, :H], k, v, attn_bias, w.scale)  # [A, H, 1, D]
+                o = _attend_one(q, k, v, attn_bias, w.scale)  # [A, H, 1, D]
             else:
                 o = F.scaled_dot_product_attention(
-                    qk[:, :H], k, v, attn_mask=attn_bias, scale=w.scale,
+                    q, k, v, attn_mask=attn_bias, scale=w.scale,
                     **({"enable_gqa": True} if self.gqa else {}))  # [A, H, S, D]
             h = w.o.add_to(h, o.transpose(1, 2).reshape(A * S, H * D))  # residual add fused
             h = w.down.add_to(h, w.swiglu(w.norm2(h)))
         self.len = end
         last = h.view(A, S, -1)[:, -1]  # [A, d]
-        x = _unit_rms(last, _eps(self.norm)) if self.fold else _rms(last, self.norm)
+        x = _unit_rms(last, self.eps) if self.fold else _rms(last, self.norm)
         return self.lm_head(x)  # [A, V]
 
     def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor, repeat: int = 1) -> Tensor:
