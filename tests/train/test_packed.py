@@ -23,6 +23,7 @@ from transformers import (
 from r1lab.config import RunConfig
 from r1lab.train.common import completion_logprobs, join_prompt_completion
 from r1lab.train.grpo import GRPOTrainer
+import r1lab.onednn as onednn
 import r1lab.train.packed as packed
 from r1lab.train.packed import PackedBatch, packed_logprobs, packed_support
 
@@ -65,11 +66,18 @@ def _hf_entropy(model, ids, attn, pos, L, temperature):
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("attention", ["matmuls", "sdpa"])
-def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind, attention, monkeypatch):
-    """Both attention paths (short blocks: matmuls; long: SDPA), with gradients and without
-    (a reference model's forward: SwiGLU fused by oneDNN on CPU)."""
+@pytest.mark.parametrize("linears", ["onednn", "torch"])
+def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind, attention, linears,
+                                                             monkeypatch):
+    """Both attention paths (short blocks: matmuls; long: SDPA), both linear paths (oneDNN, used
+    on CPU for large weights, and torch), with gradients and without (a reference model's
+    forward, where oneDNN fuses SwiGLU)."""
     if attention == "sdpa":
         monkeypatch.setattr(packed, "MATMUL_ATTENTION_MAX", 0)
+    if linears == "onednn":
+        monkeypatch.setattr(onednn, "MIN_PACKED_WEIGHT", 1)  # the micro model's weights are small
+    else:
+        monkeypatch.setattr(onednn, "_usable", False)
     model = _model(tokenizer, kind).train()
     prompts, comp, mask, ids, attn, pos, L = _batch(tokenizer)
     assert packed_support(model, ids.shape[1]) is None
