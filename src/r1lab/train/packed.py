@@ -43,8 +43,8 @@ from r1lab.rollout.native import _rms, _rotate_fast, _signed_sin, native_support
 
 #: float32 logits elements held at once when turning logits into logprobs (256 MiB)
 LOGPROB_CHUNK_ELEMENTS = 1 << 26
-#: attention blocks up to this many positions use two batched matmuls with an explicit causal
-#: mask; longer ones SDPA's flash kernel (O(S) memory). Forward+backward of 64 blocks x 4 heads
+#: on CPU, attention blocks up to this many positions use two batched matmuls with an explicit
+#: causal mask; longer ones (and every block on a GPU) SDPA's fused kernel (O(S) memory). Forward+backward of 64 blocks x 4 heads
 #: x 64 dims on the 2-core machine, SDPA vs matmuls: S=75 25 vs 19 ms, S=150 28 vs 27 ms,
 #: S=300 43 vs 56 ms.
 MATMUL_ATTENTION_MAX = 128
@@ -223,7 +223,7 @@ def packed_logprobs(model, pb: PackedBatch, temperature: float = 1.0,
         qkv[:, : H + Hkv] = _rotate_fast(qkv[:, : H + Hkv], cos, sin)
         blocks = qkv.index_select(0, pb.gather.view(-1)).view(R, S, H + 2 * Hkv, D)
         q, k, v = blocks.transpose(1, 2).split([H, Hkv, Hkv], 1)  # [R, h, S, D]
-        if S <= MATMUL_ATTENTION_MAX:
+        if S <= MATMUL_ATTENTION_MAX and q.device.type == "cpu":  # GPUs: SDPA's fused kernels
             o = _causal_attention(q, k, v, att.scaling)
         else:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=att.scaling, **gqa)
