@@ -10,8 +10,8 @@ interleaved so machine drift hits both sides:
 1. training forward+backward and reference forward: the padded Hugging Face forward
    (`completion_logprobs`, one call) vs the packed forward (`train/packed.py`);
 2. one 64 x 64 decode by r1lab's sampler, split into decoder steps / sampling / the rest;
-3. the decoder's matmul shapes at M=40, with weights hot in cache vs cycling through all the
-   layers' weights as a decoding step does.
+3. the decoder's matmul shapes at M = 8 / 40 / 64: MKL vs oneDNN with packed weights (what
+   the decoder uses), cycling through all the layers' weights as a decoding step does.
 """
 
 from __future__ import annotations
@@ -142,26 +142,28 @@ def decoding(base, tokenizer, reps: int, table: bool) -> None:
 
 
 def weight_streaming(reps: int) -> None:
-    """The decoder's four projections per layer at M=40: 4 layers' distinct weights (17 MB,
-    cycled as in a decoding step) vs one layer's weights four times (hot in L2)."""
-    d, inter, M = B.MODEL["hidden_size"], B.MODEL["intermediate_size"], 40
-    shapes = [(3 * d, d), (d, d), (2 * inter, d), (d, inter)]
+    """The decoder's five projections per layer at M = 8 / 40 / 64, cycling through the 4 layers'
+    distinct weights (17 MB) as a decoding step does: MKL (`F.linear`) vs oneDNN with the weight
+    packed once (`r1lab.onednn.Linear`, what the decoder uses), and MKL with one layer's weights
+    four times (hot in L2)."""
+    from r1lab.onednn import Linear, onednn_usable
+
+    d, inter = B.MODEL["hidden_size"], B.MODEL["intermediate_size"]
+    shapes = [(3 * d, d), (d, d), (inter, d), (inter, d), (d, inter)]
     weights = [torch.randn(*s) for _ in range(B.MODEL["num_hidden_layers"]) for s in shapes]
-    xs = {d: torch.randn(M, d), inter: torch.randn(M, inter)}
-    flops = sum(2 * M * w.shape[0] * w.shape[1] for w in weights)
-
-    def cycle():
-        for w in weights:
-            F.linear(xs[w.shape[1]], w)
-
-    def hot():
-        for w in weights[:4] * B.MODEL["num_hidden_layers"]:
-            F.linear(xs[w.shape[1]], w)
-
-    m = medians({"cycling weights": cycle, "hot weights": hot}, reps * 10)
-    print(f"decoder matmuls at M={M}, one step's worth ({flops / 1e9:.2f} GFLOP):")
-    for k, v in m.items():
-        print(f"  {k:16s} {v * 1e3:6.2f} ms  {flops / v / 1e9:5.0f} GFLOP/s")
+    packed = [Linear(w, rows=64) for w in weights] if onednn_usable() else []
+    for M in (8, 40, 64):
+        xs = {d: torch.randn(M, d), inter: torch.randn(M, inter)}
+        flops = sum(2 * M * w.shape[0] * w.shape[1] for w in weights)
+        fns = {"MKL, cycling": lambda: [F.linear(xs[w.shape[1]], w) for w in weights],
+               "MKL, hot": lambda: [F.linear(xs[w.shape[1]], w)
+                                    for w in weights[:len(shapes)] * B.MODEL["num_hidden_layers"]]}
+        if packed:
+            fns["oneDNN, cycling"] = lambda: [lin(xs[lin.weight.shape[1]]) for lin in packed]
+        m = medians(fns, reps * 10)
+        print(f"decoder matmuls at M={M}, one step's worth ({flops / 1e9:.2f} GFLOP):")
+        for k, v in m.items():
+            print(f"  {k:16s} {v * 1e3:6.2f} ms  {flops / v / 1e9:5.0f} GFLOP/s")
 
 
 def main() -> None:
