@@ -159,7 +159,7 @@ def weight_streaming(reps: int) -> None:
                "MKL, hot": lambda: [F.linear(xs[w.shape[1]], w)
                                     for w in weights[:len(shapes)] * B.MODEL["num_hidden_layers"]]}
         if packed:
-            fns["oneDNN, cycling"] = lambda: [lin(xs[lin.weight.shape[1]]) for lin in packed]
+            fns["oneDNN, cycling"] = lambda: [lin(xs[lin.in_features]) for lin in packed]
         m = medians(fns, reps * 10)
         print(f"decoder matmuls at M={M}, one step's worth ({flops / 1e9:.2f} GFLOP):")
         for k, v in m.items():

@@ -32,6 +32,7 @@ def test_every_form_equals_the_plain_expression(path, bias, rows):
     x, h = torch.randn((rows, 40), generator=g), torch.randn((rows, 48), generator=g)
     lin = Linear(w, b, rows=64)
     assert (lin.packed is not None) == (path == "onednn")
+    assert (lin.weight is None) == (path == "onednn")  # packed: one copy of the weight, not two
     xw = x.double() @ w.double().t() + (b.double() if bias else 0)  # float64 reference
     tol = dict(rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(lin(x).double(), xw, **tol)

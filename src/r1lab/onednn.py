@@ -72,10 +72,12 @@ class Linear:
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, rows: int = 64) -> None:
         self.weight, self.bias = weight, bias
+        self.in_features = weight.shape[1]
         self.packed = None
         if (weight.device.type == "cpu" and weight.dtype == torch.float32
                 and weight.numel() >= MIN_PACKED_WEIGHT and onednn_usable()):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, rows))
+            self.weight = None  # the packed copy is all that is used: hold one copy, not two
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.packed is None:
