@@ -155,11 +155,11 @@ def weight_streaming(reps: int) -> None:
     for M in (8, 40, 64):
         xs = {d: torch.randn(M, d), inter: torch.randn(M, inter)}
         flops = sum(2 * M * w.shape[0] * w.shape[1] for w in weights)
-        fns = {"MKL, cycling": lambda: [F.linear(xs[w.shape[1]], w) for w in weights],
-               "MKL, hot": lambda: [F.linear(xs[w.shape[1]], w)
-                                    for w in weights[:len(shapes)] * B.MODEL["num_hidden_layers"]]}
+        hot = weights[:len(shapes)] * B.MODEL["num_hidden_layers"]  # one layer's, repeated
+        fns = {"MKL, cycling": lambda xs=xs: [F.linear(xs[w.shape[1]], w) for w in weights],
+               "MKL, hot": lambda xs=xs, hot=hot: [F.linear(xs[w.shape[1]], w) for w in hot]}
         if packed:
-            fns["oneDNN, cycling"] = lambda: [lin(xs[lin.in_features]) for lin in packed]
+            fns["oneDNN, cycling"] = lambda xs=xs: [lin(xs[lin.in_features]) for lin in packed]
         m = medians(fns, reps * 10)
         print(f"decoder matmuls at M={M}, one step's worth ({flops / 1e9:.2f} GFLOP):")
         for k, v in m.items():

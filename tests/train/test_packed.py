@@ -20,11 +20,11 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+import r1lab.onednn as onednn
+import r1lab.train.packed as packed_module
 from r1lab.config import RunConfig
 from r1lab.train.common import completion_logprobs, join_prompt_completion
 from r1lab.train.grpo import GRPOTrainer
-import r1lab.onednn as onednn
-import r1lab.train.packed as packed
 from r1lab.train.packed import PackedBatch, packed_logprobs, packed_support
 
 from .test_speed_equivalence import MICRO
@@ -73,7 +73,7 @@ def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind, at
     on CPU for large weights, and torch), with gradients and without (a reference model's
     forward, where oneDNN fuses SwiGLU)."""
     if attention == "sdpa":
-        monkeypatch.setattr(packed, "MATMUL_ATTENTION_MAX", 0)
+        monkeypatch.setattr(packed_module, "MATMUL_ATTENTION_MAX", 0)
     if linears == "onednn":
         monkeypatch.setattr(onednn, "MIN_PACKED_WEIGHT", 1)  # the micro model's weights are small
     else:

@@ -51,6 +51,40 @@ def test_value_model_gives_one_value_per_completion_token(micro_model):
     assert critic.backbone is not micro_model.get_decoder()
 
 
+def test_packed_critic_values_and_gradients_equal_the_padded_forward(micro_model, tokenizer):
+    """The critic runs through the packed forward (each prompt once, no padding) in PPO steps:
+    its values and every gradient must be the padded Hugging Face forward's."""
+    from r1lab.train.common import join_prompt_completion
+    from r1lab.train.packed import PackedBatch
+
+    critic = ValueModel(micro_model)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(critic.head.weight)  # a non-zero head, so values and gradients vary
+    prompts = tokenizer(["Q:12+30\nA:", "Hi", "Q:7+5\nA:"])["input_ids"]
+    prompts = [p for p in prompts for _ in range(2)]  # two completions per prompt
+    lengths = torch.tensor([1, 6, 3, 6, 5, 2])
+    mask = (torch.arange(6)[None] < lengths[:, None]).float()
+    comp = torch.randint(5, len(tokenizer), (6, 6)).masked_fill(mask == 0, tokenizer.pad_token_id)
+    ids, attn, pos, L = join_prompt_completion(prompts, comp, mask, tokenizer.pad_token_id)
+    weights = torch.linspace(-1, 2, mask.numel()).view_as(mask)
+    grads = []
+    for packed in (False, True):
+        critic.zero_grad()
+        if packed:
+            values = critic.packed(PackedBatch.from_padded(ids, attn, L, torch.arange(6)))
+        else:
+            values = critic(ids, attn, pos, L)
+        (values * mask * weights).sum().backward()
+        grads.append((values.detach() * mask, {k: p.grad.clone() for k, p in critic.named_parameters()}))
+    (padded, g_padded), (packed_v, g_packed) = grads
+    assert packed_v.shape == padded.shape == (6, 6) and padded.abs().sum() > 0
+    torch.testing.assert_close(packed_v, padded, atol=2e-5, rtol=0)
+    for k, want in g_padded.items():  # float32 rounding, relative to each gradient's scale
+        scale = want.abs().max().item()
+        assert scale > 0, k
+        torch.testing.assert_close(g_packed[k], want, atol=1e-6 * scale, rtol=1e-4, msg=k)
+
+
 def test_ppo_step_trains_policy_and_critic(tmp_path: Path, micro_model, tokenizer):
     trainer = PPOTrainer(make_cfg(critic={"lr": 1e-2}), micro_model, tokenizer, rows(), tmp_path)
     trainer.rewards = LengthReward()

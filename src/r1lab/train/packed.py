@@ -183,9 +183,8 @@ def _fused(*linears) -> tuple[Tensor, Tensor | None]:
                          for lin in linears])
 
 
-def _rope_table(model, max_len: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos/sin [max_len, D] from the model's own rotary module (its scaling included)."""
-    base = model.model
+def _rope_table(base, max_len: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos/sin [max_len, D] from the decoder's own rotary module (its scaling included)."""
     emb = base.embed_tokens.weight
     positions = torch.arange(max_len, device=emb.device)[None]
     with torch.no_grad():
@@ -200,14 +199,40 @@ def packed_logprobs(model, pb: PackedBatch, temperature: float = 1.0,
     Padding positions get logprob 0. With `entropy=True` the second value is the (detached)
     entropy of the next-token distribution at each completion token, [R, width], else None.
     """
-    cfg, base = model.config, model.model
+    hp = packed_hidden(model.model, pb)
+    head = model.lm_head.weight
+    m = len(pb.pred)
+    chunk = max(1, LOGPROB_CHUNK_ELEMENTS // head.shape[0])
+    logps, ents = [], []
+    for i in range(0, m, chunk):
+        lg = linear(hp[i:i + chunk], head).float()  # [c, V]
+        if temperature not in (0, 1):
+            lg = lg / temperature
+        lse = lg.logsumexp(-1)
+        logps.append(lg.gather(-1, pb.targets[i:i + chunk, None])[:, 0] - lse)
+        if entropy:
+            with torch.no_grad():
+                p = torch.softmax(lg, -1)
+                ents.append(lse - (p * lg).sum(-1))
+    valid = pb.valid_c
+    out = unflatten(torch.cat(logps) if logps else hp.new_zeros(0), valid, pb.width)
+    ent = unflatten(torch.cat(ents), valid, pb.width).detach() if entropy and ents else None
+    return out, ent
+
+
+def packed_hidden(base, pb: PackedBatch) -> Tensor:
+    """The decoder's final (normed) hidden state [m, d] at each position that predicts a
+    completion token, in `pb.pred` order: what the LM head reads, and what a value head reads
+    (`unflatten` turns per-position values into [R, width]). `base` is the decoder stack
+    (`model.model` of a causal LM, or a critic's copy of it)."""
+    cfg = base.config
     embed = base.embed_tokens.weight
     dt = embed.dtype
     layers = base.layers
     a0 = layers[0].self_attn
     H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, a0.head_dim
     gqa = {"enable_gqa": True} if Hkv != H else {}
-    cos, sin = _rope_table(model, pb.max_len, dt)
+    cos, sin = _rope_table(base, pb.max_len, dt)
     cos, sin = cos[pb.pos][:, None], _signed_sin(sin[pb.pos][:, None])  # [n, 1, D]
     n = len(pb.ids)
     R, S = pb.gather.shape
@@ -232,25 +257,7 @@ def packed_logprobs(model, pb: PackedBatch, temperature: float = 1.0,
         x = _rms(h, layer.post_attention_layernorm)
         act = swiglu(x, mlp.gate_proj.weight, mlp.gate_proj.bias, mlp.up_proj.weight, mlp.up_proj.bias)
         h = linear(act, mlp.down_proj.weight, mlp.down_proj.bias, add=h)
-    hp = _rms(h.index_select(0, pb.pred), base.norm)  # [m, d]: only the positions that predict a completion token
-    head = model.lm_head.weight
-    m = len(pb.pred)
-    chunk = max(1, LOGPROB_CHUNK_ELEMENTS // head.shape[0])
-    logps, ents = [], []
-    for i in range(0, m, chunk):
-        lg = linear(hp[i:i + chunk], head).float()  # [c, V]
-        if temperature not in (0, 1):
-            lg = lg / temperature
-        lse = lg.logsumexp(-1)
-        logps.append(lg.gather(-1, pb.targets[i:i + chunk, None])[:, 0] - lse)
-        if entropy:
-            with torch.no_grad():
-                p = torch.softmax(lg, -1)
-                ents.append(lse - (p * lg).sum(-1))
-    valid = pb.valid_c
-    out = _unflatten(torch.cat(logps) if logps else hp.new_zeros(0), valid, pb.width)
-    ent = _unflatten(torch.cat(ents), valid, pb.width).detach() if entropy and ents else None
-    return out, ent
+    return _rms(h.index_select(0, pb.pred), base.norm)  # only the positions that predict
 
 
 def _causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
@@ -268,7 +275,7 @@ def _causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return o.view(R, H, S, D)
 
 
-def _unflatten(flat: Tensor, valid: Tensor, width: int) -> Tensor:
+def unflatten(flat: Tensor, valid: Tensor, width: int) -> Tensor:
     """Flat per-token values (row-major over `valid` [R, Tc]) -> [R, width], 0 elsewhere."""
     R, Tc = valid.shape
     out = flat.new_zeros((R, Tc)).masked_scatter(valid, flat.float())

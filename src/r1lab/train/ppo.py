@@ -29,6 +29,7 @@ from r1lab.algorithms import compute_gae, last_token_rewards, masked_mean, value
 from r1lab.config import RunConfig
 from r1lab.train.common import call_with
 from r1lab.train.grpo import GRPOTrainer
+from r1lab.train.packed import PackedBatch, packed_hidden, unflatten
 
 CRITIC = "critic.safetensors"
 
@@ -55,6 +56,11 @@ class ValueModel(nn.Module):
         # position L-1+t has read everything before completion token t: that state's value
         return self.head(hidden[:, prompt_len - 1 : -1]).squeeze(-1).float()  # [N, T]
 
+    def packed(self, pb: PackedBatch) -> Tensor:
+        """`forward` through the packed forward (each prompt once, no padding): [R, width]."""
+        hidden = packed_hidden(self.backbone, pb)  # [m, d] at the predicting positions
+        return unflatten(self.head(hidden).squeeze(-1).float(), pb.valid_c, pb.width)
+
 
 class PPOTrainer(GRPOTrainer):
     """The GRPO trainer with a critic: GAE advantages, and a value-model update per step."""
@@ -77,7 +83,7 @@ class PPOTrainer(GRPOTrainer):
         """GAE advantages from the critic's values; then one critic update on the GAE returns."""
         c = self.cfg.critic
         with torch.no_grad():
-            values = torch.cat([self.critic(input_ids[sl], attn[sl], pos[sl], L)
+            values = torch.cat([self._values(input_ids, attn, pos, L, sl)
                                 for sl in self._slices(0, len(input_ids))])  # [N, T]
         advantages = call_with(self.advantage_fn, self.adv_options, rewards=rewards, mask=mask,
                                group_size=self.cfg.rollout.group_size, values=values)  # [N, T]
@@ -91,6 +97,17 @@ class PPOTrainer(GRPOTrainer):
         spread = masked_mean((returns - masked_mean(returns, mask)).square(), mask)
         metrics["explained_var"] = (1 - residual / spread.clamp(min=1e-8)).item()
         return advantages, metrics
+
+    def _values(self, input_ids, attn, pos, L, sl: slice) -> Tensor:
+        """The critic's values [n, T] for rows `sl`: through the packed forward when the policy's
+        forward is packed (same architecture) and the critic is r1lab's `ValueModel`."""
+        critic = self.critic
+        if isinstance(critic, ValueModel) and self._packed(self.model, input_ids.shape[1]):
+            dropout = float(getattr(critic.backbone.config, "attention_dropout", 0.0) or 0.0)
+            if not (critic.training and dropout > 0):  # the packed forward has no dropout
+                rows = torch.arange(sl.start, sl.stop, device=input_ids.device)
+                return critic.packed(PackedBatch.from_padded(input_ids, attn, L, rows))
+        return self.critic(input_ids[sl], attn[sl], pos[sl], L)
 
     def _slices(self, start: int, end: int) -> list[slice]:
         mb = self.cfg.train.micro_batch_size
@@ -110,7 +127,7 @@ class PPOTrainer(GRPOTrainer):
             self.critic_optimizer.zero_grad(set_to_none=True)
             for sl in self._slices(j, end):
                 m = mask[sl]  # [n, T]
-                values = self.critic(input_ids[sl], attn[sl], pos[sl], L)  # [n, T]
+                values = self._values(input_ids, attn, pos, L, sl)  # [n, T]
                 per_token, vm = value_loss(values, old_values[sl], returns[sl], m,
                                            clip_range=cfg.critic.value_clip)
                 loss = (per_token * m).sum() / num_tokens  # token mean over the mini-batch
