@@ -92,3 +92,17 @@ def test_linear_with_autograd_equals_f_linear(path, bias):
             assert got is None
         else:
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_second_order_gradients_equal_the_torch_ones(path):
+    """With create_graph the backward is itself differentiated (e.g. a gradient penalty): it
+    must record its graph, giving the second-order gradients F.linear gives."""
+    g = torch.Generator().manual_seed(2)
+    x0, w0 = torch.randn((4, 40), generator=g), torch.randn((48, 40), generator=g)
+    out = []
+    for fn in (onednn.linear, F.linear):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(fn(x, w).square().sum(), x, create_graph=True)
+        out.append(torch.autograd.grad(gx.square().sum(), [x, w]))
+    for got, want in zip(*out):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)

@@ -172,7 +172,10 @@ class _OneDNNLinear(torch.autograd.Function):
         g = grad.contiguous()
         gx = gw = gb = gadd = None
         if ctx.needs_input_grad[0]:  # g W, as oneDNN's g W'^T with W' = W^T
-            gx = torch.ops.mkldnn._linear_pointwise(g, w.t().contiguous(), None, "none", [], "")
+            if torch.is_grad_enabled():  # create_graph (double backward): torch ops record it
+                gx = g @ w
+            else:
+                gx = torch.ops.mkldnn._linear_pointwise(g, w.t().contiguous(), None, "none", [], "")
         if ctx.needs_input_grad[1]:
             gw = g.t() @ x
         if ctx.flags[0] and ctx.needs_input_grad[2]:
