@@ -138,7 +138,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
            add: Tensor | None = None) -> Tensor:
     """`F.linear(x, weight, bias)` (plus `add`, a residual of the output's shape), with autograd.
 
-    On CPU in float32 the forward and the input gradient run through oneDNN (measured on the
+    On CPU in float32, for weights of at least `MIN_PACKED_WEIGHT` elements (see `_eligible`),
+    the forward and the input gradient run through oneDNN (measured on the
     training shapes of `bench_vs_trl.py`, [3400, 256|1024] x [256|1024, 256..1024]: forward
     8-22% and input gradient 8-12% faster than MKL) and the residual add is fused into the
     forward; the weight gradient stays with MKL (faster there). Elsewhere it is `F.linear`.
