@@ -39,14 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from r1lab.onednn import linear, swiglu
-from r1lab.rollout.native import _rms, _rotate_fast, _signed_sin, native_support
+from r1lab.rollout.native import _cat, _rms, _rotate_fast, _signed_sin, native_support
 
 #: float32 logits elements held at once when turning logits into logprobs (256 MiB)
 LOGPROB_CHUNK_ELEMENTS = 1 << 26
 #: on CPU, attention blocks up to this many positions use two batched matmuls with an explicit
-#: causal mask; longer ones (and every block on a GPU) SDPA's fused kernel (O(S) memory). Forward+backward of 64 blocks x 4 heads
-#: x 64 dims on the 2-core machine, SDPA vs matmuls: S=75 25 vs 19 ms, S=150 28 vs 27 ms,
-#: S=300 43 vs 56 ms.
+#: causal mask; longer ones (and every block on a GPU) SDPA's fused kernel (O(S) memory).
+#: Forward+backward of 64 blocks x 4 heads x 64 dims on the 2-core machine, SDPA vs matmuls:
+#: S=75 25 vs 19 ms, S=150 28 vs 27 ms, S=300 43 vs 56 ms.
 MATMUL_ATTENTION_MAX = 128
 
 
@@ -172,17 +172,6 @@ class PackedBatch:
         return self.gather.shape[1] + 1
 
 
-def _fused(*linears) -> tuple[Tensor, Tensor | None]:
-    """Concatenated weights (and biases) of linears that read the same input: one matmul.
-    Made from the parameters inside the forward, so gradients flow back to each of them."""
-    w = torch.cat([lin.weight for lin in linears])
-    if all(lin.bias is None for lin in linears):
-        return w, None
-    return w, torch.cat([lin.bias if lin.bias is not None else
-                         torch.zeros(lin.out_features, dtype=w.dtype, device=w.device)
-                         for lin in linears])
-
-
 def _rope_table(base, max_len: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """cos/sin [max_len, D] from the decoder's own rotary module (its scaling included)."""
     emb = base.embed_tokens.weight
@@ -239,7 +228,8 @@ def packed_hidden(base, pb: PackedBatch) -> Tensor:
     h = F.embedding(pb.ids, embed)  # [n, d]
     for layer in layers:
         att, mlp = layer.self_attn, layer.mlp
-        w_qkv, b_qkv = _fused(att.q_proj, att.k_proj, att.v_proj)
+        # one matmul for q/k/v, made from the parameters here so gradients reach each of them
+        w_qkv, b_qkv = _cat([att.q_proj, att.k_proj, att.v_proj])
         qkv = linear(_rms(h, layer.input_layernorm), w_qkv, b_qkv).view(n, H + 2 * Hkv, D)
         if getattr(att, "q_norm", None) is not None:  # Qwen3: per-head RMSNorm before RoPE
             q, k, v = qkv.split([H, Hkv, Hkv], 1)
