@@ -107,7 +107,7 @@ class PPOTrainer(GRPOTrainer):
             if not (critic.training and dropout > 0):  # the packed forward has no dropout
                 rows = torch.arange(sl.start, sl.stop, device=input_ids.device)
                 return critic.packed(PackedBatch.from_padded(input_ids, attn, L, rows))
-        return self.critic(input_ids[sl], attn[sl], pos[sl], L)
+        return critic(input_ids[sl], attn[sl], pos[sl], L)
 
     def _slices(self, start: int, end: int) -> list[slice]:
         mb = self.cfg.train.micro_batch_size
