@@ -13,10 +13,11 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+import r1lab.kernels as kernels
 import r1lab.onednn as onednn
 from r1lab.rollout import SamplingParams, build_engine
 from r1lab.rollout.hf import HFSampler
-from r1lab.rollout.native import native_support
+from r1lab.rollout.native import NativeDecoder, native_support
 from r1lab.train.common import completion_logprobs, join_prompt_completion
 
 PROMPTS = ["Q:12+30\nA:", "Q:7+5\nA:", "Q:345+678\nA:<think>", "Hi"]  # four lengths: left padding
@@ -45,15 +46,21 @@ def _model(tokenizer, kind: str, seed: int = 0):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
-@pytest.mark.parametrize("backend", ["native", "native, torch linears", "hf"])
+@pytest.mark.parametrize("backend", ["native", "native, torch linears", "native, torch attention",
+                                     "hf"])
 def test_greedy_equals_model_generate(tokenizer, kind, backend, monkeypatch):
-    """Native decoding with oneDNN linears (the CPU default), with torch's, and the fallback."""
+    """Native decoding with oneDNN linears and the C attention kernel (the CPU default), with
+    torch's linears, with torch's attention, and the fallback."""
     if backend == "native, torch linears":
         monkeypatch.setattr(onednn, "_usable", False)
     else:  # oneDNN for every linear of the micro model, not only for >= 128k-element weights
         monkeypatch.setattr(onednn, "MIN_PACKED_WEIGHT", 1)
+    if backend == "native, torch attention":
+        monkeypatch.setattr(kernels, "supports", lambda *tensors: False)
     native = backend != "hf"
     model = _model(tokenizer, kind)
+    if backend == "native":  # the default path takes the kernel wherever it builds
+        assert NativeDecoder(model, 2, 8).fused == kernels.available()
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
         ref = model.generate(**enc, do_sample=False, max_new_tokens=24)[:, enc["input_ids"].shape[1]:]

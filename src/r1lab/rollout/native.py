@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from r1lab import kernels
 from r1lab.onednn import Linear
 
 FAMILY = ("llama", "qwen2", "qwen3", "mistral")
@@ -197,6 +198,8 @@ class NativeDecoder:
         self.kv = torch.empty((2, n_layers, rows, self.Hkv, max_len, self.D), device=dev, dtype=dt)
         self.neg = torch.finfo(dt).min
         self.bias = torch.full((rows, 1, 1, max_len), self.neg, device=dev, dtype=dt)  # key mask
+        # one-token steps through the fused C kernel (RoPE + cache write + attention) where it runs
+        self.fused = kernels.supports(self.kv)
         self.len = 0  # positions filled in the cache
         self.max_len = max_len
         self.n_params = sum(p.numel() for p in model.parameters())
@@ -209,6 +212,8 @@ class NativeDecoder:
         c, end = self.len, self.len + S
         H, Hkv, D = self.H, self.Hkv, self.D
         h = F.embedding(ids.reshape(-1), self.embed)  # [A*S, d]
+        if S == 1 and self.fused:
+            return self._step_fused(h, pos.reshape(-1), attn_bias.reshape(A, end))
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # [A, 1, S, D]
         if S == 1:  # one key mask per kv head, shared by the layers
             attn_bias = attn_bias[:, 0].expand(A, Hkv, end).reshape(A * Hkv, 1, end)
@@ -230,7 +235,26 @@ class NativeDecoder:
             h = w.o.add_to(h, o.transpose(1, 2).reshape(A * S, H * D))  # residual add fused
             h = w.down.add_to(h, w.swiglu(w.norm2(h)))
         self.len = end
-        last = h.view(A, S, -1)[:, -1]  # [A, d]
+        return self._logits(h.view(A, S, -1)[:, -1])
+
+    def _step_fused(self, h: Tensor, pos: Tensor, bias: Tensor) -> Tensor:
+        """A one-token step with each layer's RoPE, cache write and attention in one C call
+        (`r1lab.kernels.decode_attention`). h [A, d], pos [A], bias [A, len+1] -> logits [A, V]."""
+        A, H, Hkv, D = len(h), self.H, self.Hkv, self.D
+        for i, w in enumerate(self.layers):
+            qkv = w.qkv(w.norm1(h))  # [A, (H + 2 Hkv) D]
+            if w.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE, written back
+                x = qkv.view(A, H + 2 * Hkv, D)
+                x[:, :H], x[:, H:H + Hkv] = _rms(x[:, :H], w.q_norm), _rms(x[:, H:H + Hkv], w.k_norm)
+            o = kernels.decode_attention(qkv, self.cos, self.sin, pos, self.kv[0, i], self.kv[1, i],
+                                         bias, self.len, H, w.scale)  # [A, H D]
+            h = w.o.add_to(h, o)
+            h = w.down.add_to(h, w.swiglu(w.norm2(h)))
+        self.len += 1
+        return self._logits(h)
+
+    def _logits(self, last: Tensor) -> Tensor:
+        """Final norm and LM head: last hidden states [A, d] -> logits [A, V]."""
         x = _unit_rms(last, self.eps) if self.fold else _rms(last, self.norm)
         return self.lm_head(x)  # [A, V]
 
@@ -248,8 +272,8 @@ class NativeDecoder:
         full, self.kv = self.kv, self.kv[:, :, :P]  # fill rows 0..P-1, then spread them
         logits = self._forward(ids, pos, bias)
         self.kv = full
-        if repeat > 1:
-            full[..., :L, :] = full[:, :, :P, :, :L].repeat_interleave(repeat, 2)
+        if repeat > 1:  # rows p*repeat .. p*repeat+repeat-1 <- row p, one broadcast copy
+            full[..., :L, :].unflatten(2, (P, repeat)).copy_(full[:, :, :P, None, :, :L].clone())
         self.bias[:, 0, 0, :L] = pad_bias.repeat_interleave(repeat, 0)
         return logits
 

@@ -1,0 +1,188 @@
+"""Small C kernels for the CPU decoding loop, compiled with the machine's C compiler at first use.
+
+Why: a decoding step of a small model is dozens of tiny torch operations per layer, and the
+one-query attention among them reads the KV cache through batched GEMVs at a fraction of the
+memory bandwidth. `decode_attention.c` does RoPE, the cache write and the attention of one layer
+in one pass (see that file). A kernel is plain C with OpenMP, built by `cc -O3 -march=native
+-fopenmp` into a cache folder (`$R1LAB_KERNEL_CACHE`, else `$XDG_CACHE_HOME/r1lab/kernels`,
+else `~/.cache/r1lab/kernels`), keyed by the source, the flags, the compiler and the CPU, and
+loaded with ctypes. It shares torch's OpenMP runtime (the same `libgomp.so.1`), so its threads
+are torch's threads.
+
+Everything is optional: with no compiler, a failed build, a result that disagrees with the
+torch expression on a probe (checked once per process), or `R1LAB_KERNELS=0`, `available()` is
+False and callers use their torch path. The reason is logged once (`why_unavailable()`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("decode_attention.c")
+#: -ffast-math lets gcc vectorise expf (glibc's libmvec); it is given to the compile step only,
+#: because linking a shared library with it (gcc < 13) would switch the whole process to
+#: flush-to-zero floats
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-c"]
+LINK_FLAGS = ["-shared", "-fopenmp"]
+LIBS = ["-lmvec", "-lm"]  # glibc's vector math (expf on 16 floats), then libm
+
+_lib: ctypes.CDLL | None = None
+_why: str | None = None
+_loaded = False
+
+
+def available() -> bool:
+    """True when the kernels are built, loaded and agree with torch here (once per process)."""
+    _load()
+    return _lib is not None
+
+
+def why_unavailable() -> str | None:
+    """None when `available()`, else the reason."""
+    _load()
+    return _why
+
+
+def cache_dir() -> Path:
+    if os.environ.get("R1LAB_KERNEL_CACHE"):
+        return Path(os.environ["R1LAB_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "r1lab" / "kernels"
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU's model and feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [x for x in lines if x.startswith(("model name", "flags"))][:2]
+    return platform.machine() + "\n".join(keep)
+
+
+def build(cc: str | None = None) -> Path:
+    """Compile the kernels (or find them in the cache) and return the shared library's path.
+    Raises RuntimeError with the compiler's message when the build fails."""
+    cc = cc or os.environ.get("CC", "cc")
+    exe = shutil.which(cc)
+    if exe is None:
+        raise RuntimeError(f"no C compiler: {cc!r} is not on PATH (set CC)")
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *COMPILE_FLAGS, *LINK_FLAGS, *LIBS, version,
+                                    _cpu_id()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"r1lab_kernels_{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        obj, lib = Path(tmp) / "k.o", Path(tmp) / "k.so"
+        for cmd in ([exe, *COMPILE_FLAGS, str(SOURCE), "-o", str(obj)],
+                    [exe, *LINK_FLAGS, str(obj), "-o", str(lib), *LIBS]):
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()[-2000:]}")
+        os.replace(lib, target)  # atomic: concurrent builders never see half a file
+    return target
+
+
+def _load() -> None:
+    global _lib, _why, _loaded
+    if _loaded:
+        return
+    _loaded = True
+    if os.environ.get("R1LAB_KERNELS", "1") == "0":
+        _why = "R1LAB_KERNELS=0"
+        return
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (RuntimeError, OSError) as e:
+        _why = f"the C kernels could not be built or loaded: {e}"
+        log.warning("r1lab: %s; decoding uses torch operations instead", _why)
+        return
+    f = lib.r1_decode_attention
+    f.restype = None
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    f.argtypes = [p, i64, p, p, p, p, p, i64, i64, p, i64, p, i32, i32, i32, i32, i32,
+                  ctypes.c_float]
+    _lib = lib
+    why = _probe()
+    if why is not None:
+        _lib, _why = None, why
+        log.warning("r1lab: the C decode kernel disagrees with torch (%s); not used", why)
+
+
+def decode_attention(qkv: Tensor, cos: Tensor, ssin: Tensor, pos: Tensor, k_cache: Tensor,
+                     v_cache: Tensor, bias: Tensor, length: int, heads: int, scale: float) -> Tensor:
+    """One decoding step of one layer: RoPE on the new q and k, k and v written into the cache
+    at position `length`, then attention of the one query over positions 0..length.
+
+    qkv [A, (H + 2 Hkv) D] (rows contiguous); cos/ssin [P, D] tables (`native._signed_sin`);
+    pos [A] int64; k_cache/v_cache [A, Hkv, max_len, D] (views with unit stride on the last two
+    dims); bias [A, >= length + 1] with unit last stride. Returns [A, H D]. Call only when
+    `available()`; `reference_decode_attention` is the same computation in torch.
+    """
+    A, Hkv, _, D = k_cache.shape
+    out = qkv.new_empty((A, heads * D))
+    _lib.r1_decode_attention(
+        qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), ssin.data_ptr(), pos.data_ptr(),
+        k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1),
+        bias.data_ptr(), bias.stride(0), out.data_ptr(), A, heads, Hkv, D, length, scale)
+    return out
+
+
+def supports(*tensors: Tensor) -> bool:
+    """Whether the kernels take these tensors: float32 on the CPU, and `available()`. (The
+    layouts `decode_attention` asks for are the caller's to keep.)"""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and available()
+
+
+def reference_decode_attention(qkv: Tensor, cos: Tensor, ssin: Tensor, pos: Tensor,
+                               k_cache: Tensor, v_cache: Tensor, bias: Tensor, length: int,
+                               heads: int, scale: float) -> Tensor:
+    """`decode_attention` in torch operations (the probe's and the tests' reference)."""
+    A, Hkv, _, D = k_cache.shape
+    H, half = heads, D // 2
+    x = qkv.view(A, H + 2 * Hkv, D)
+    c, s = cos[pos][:, None], ssin[pos][:, None]  # [A, 1, D]
+    rot = x[:, : H + Hkv] * c + torch.cat([x[:, : H + Hkv, half:], x[:, : H + Hkv, :half]], -1) * s
+    k_cache[:, :, length] = rot[:, H:]
+    v_cache[:, :, length] = x[:, H + Hkv:]
+    k, v = k_cache[:, :, : length + 1], v_cache[:, :, : length + 1]  # [A, Hkv, S, D]
+    q = rot[:, :H].view(A, Hkv, H // Hkv, D)
+    scores = q @ k.transpose(-1, -2) * scale + bias[:, None, None, : length + 1]  # [A, Hkv, G, S]
+    o = torch.softmax(scores, -1) @ v  # [A, Hkv, G, D]
+    return o.reshape(A, H * D)
+
+
+def _probe() -> str | None:
+    """None when the kernel matches `reference_decode_attention` on a small GQA case."""
+    g = torch.Generator().manual_seed(0)
+    A, H, Hkv, D, L, n = 3, 4, 2, 8, 6, 4
+    qkv = torch.randn((A, (H + 2 * Hkv) * D), generator=g)
+    cos, ssin = torch.randn((L, D), generator=g), torch.randn((L, D), generator=g)
+    pos = torch.tensor([4, 3, 5])
+    cache = torch.randn((2, A, Hkv, L, D), generator=g)
+    bias = torch.zeros((A, L))
+    bias[1, :2] = torch.finfo(torch.float32).min
+    ref_cache = cache.clone()
+    want = reference_decode_attention(qkv, cos, ssin, pos, ref_cache[0], ref_cache[1], bias, n, H, 0.3)
+    got = decode_attention(qkv, cos, ssin, pos, cache[0], cache[1], bias, n, H, 0.3)
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+        return f"output differs by {(got - want).abs().max().item():.3g}"
+    if not torch.allclose(cache, ref_cache, rtol=1e-5, atol=1e-6):
+        return "the cache write differs"
+    if torch.tensor(1e-40) * 1.0 == 0:  # a library must not switch the process to flush-to-zero
+        return "denormal floats are flushed after loading the kernels"
+    return None

@@ -1,0 +1,128 @@
+"""The C decode kernel: hand-computed values, agreement with torch, the cache write, the build."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import r1lab.kernels as kernels
+from r1lab.kernels import decode_attention, reference_decode_attention
+
+NEG = torch.finfo(torch.float32).min
+
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason=f"{kernels.why_unavailable()}")
+
+
+@needs_kernels
+def test_hand_computed_two_positions():
+    """A=1, H=Hkv=1, D=2, RoPE the identity (cos 1, sin 0): q=(1,0), keys (0,0) and (2,0),
+    values (1,2) and (3,4), scale 1 -> weights softmax(0, 2) = (1, e^2) / (1 + e^2)."""
+    qkv = torch.tensor([[1.0, 0.0, 2.0, 0.0, 3.0, 4.0]])  # q | new k | new v
+    cos, ssin = torch.ones((4, 2)), torch.zeros((4, 2))
+    cache = torch.zeros((2, 1, 1, 4, 2))
+    cache[1, 0, 0, 0] = torch.tensor([1.0, 2.0])  # position 0: k (0,0), v (1,2)
+    bias = torch.zeros((1, 4))
+    out = decode_attention(qkv, cos, ssin, torch.tensor([1]), cache[0], cache[1], bias, 1, 1, 1.0)
+    w1 = math.exp(2) / (1 + math.exp(2))
+    assert out[0].tolist() == pytest.approx([1 + 2 * w1, 2 + 2 * w1], rel=1e-6)
+    assert cache[0, 0, 0, 1].tolist() == [2.0, 0.0] and cache[1, 0, 0, 1].tolist() == [3.0, 4.0]
+    # a masked key gets no weight: only position 1 is seen
+    bias[0, 0] = NEG
+    cache[:, :, :, 1] = 0
+    out = decode_attention(qkv, cos, ssin, torch.tensor([1]), cache[0], cache[1], bias, 1, 1, 1.0)
+    assert out.tolist() == [[3.0, 4.0]]
+
+
+@needs_kernels
+def test_rope_is_rotate_half():
+    """RoPE by hand for D=4 at one position: (x1, x2, x3, x4) -> (x1 c0 - x3 s0, x2 c1 - x4 s1,
+    x3 c0 + x1 s0, x4 c1 + x2 s1), checked through the key written into the cache."""
+    c, s = [0.6, 0.28], [0.8, 0.96]
+    cos = torch.tensor([c + c])
+    ssin = torch.tensor([[-s[0], -s[1], s[0], s[1]]])  # the sign of rotate_half folded in
+    x = [1.0, 2.0, 3.0, 4.0]
+    qkv = torch.tensor([[0.0] * 4 + x + [0.0] * 4])
+    cache = torch.zeros((2, 1, 1, 1, 4))
+    decode_attention(qkv, cos, ssin, torch.tensor([0]), cache[0], cache[1], torch.zeros((1, 1)),
+                     0, 1, 1.0)
+    want = [x[0] * c[0] - x[2] * s[0], x[1] * c[1] - x[3] * s[1],
+            x[2] * c[0] + x[0] * s[0], x[3] * c[1] + x[1] * s[1]]
+    assert cache[0, 0, 0, 0].tolist() == pytest.approx(want, rel=1e-6)
+
+
+@needs_kernels
+@pytest.mark.parametrize("H,Hkv,D", [(4, 4, 16), (8, 2, 32), (6, 1, 64)])
+@pytest.mark.parametrize("length", [0, 5, 70])
+def test_equals_torch_on_random_inputs(H, Hkv, D, length):
+    """Random left padding, positions and a cache whose rows are a slice of a bigger one."""
+    g = torch.Generator().manual_seed(H * 1000 + length)
+    A, max_len = 5, 96
+    qkv = torch.randn((A, (H + 2 * Hkv) * D), generator=g)
+    cos, ssin = torch.randn((max_len, D), generator=g), torch.randn((max_len, D), generator=g)
+    pos = torch.randint(0, max_len, (A,), generator=g)
+    cache = torch.randn((2, A + 3, Hkv, max_len, D), generator=g)[:, :A]  # row stride of 8 rows
+    bias = torch.zeros((A + 3, max_len))[:A]
+    for a in range(A):
+        bias[a, : a * length // A] = NEG  # left padding, never the new position
+    ref_cache = cache.clone()
+    want = reference_decode_attention(qkv.double(), cos.double(), ssin.double(), pos,
+                                      ref_cache[0].double(), ref_cache[1].double(), bias.double(),
+                                      length, H, 0.125)
+    got = decode_attention(qkv, cos, ssin, pos, cache[0], cache[1], bias, length, H, 0.125)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    ref_cache = ref_cache.clone()
+    reference_decode_attention(qkv, cos, ssin, pos, ref_cache[0], ref_cache[1], bias, length, H, 0.125)
+    torch.testing.assert_close(cache, ref_cache, rtol=1e-5, atol=1e-5)
+    untouched = torch.ones(max_len, dtype=torch.bool)
+    untouched[length] = False
+    torch.testing.assert_close(cache[..., untouched, :], ref_cache[..., untouched, :], rtol=0, atol=0)
+
+
+@needs_kernels
+def test_loading_keeps_denormals():
+    """A library linked with -ffast-math by gcc < 13 sets flush-to-zero for the whole process."""
+    assert kernels.available()
+    assert (torch.tensor(1e-40) * 1.0).item() != 0.0
+
+
+def test_switch_off_and_missing_compiler(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernels, "_loaded", False)
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setenv("R1LAB_KERNELS", "0")
+    assert not kernels.available() and kernels.why_unavailable() == "R1LAB_KERNELS=0"
+    assert not kernels.supports(torch.zeros(1))
+    monkeypatch.setattr(kernels, "_loaded", False)
+    monkeypatch.setenv("R1LAB_KERNELS", "1")
+    monkeypatch.setenv("CC", "no-such-compiler-r1lab")
+    monkeypatch.setenv("R1LAB_KERNEL_CACHE", str(tmp_path))
+    assert not kernels.available()
+    assert "no-such-compiler-r1lab" in kernels.why_unavailable()
+    with pytest.raises(RuntimeError, match="not on PATH"):
+        kernels.build()
+
+
+def test_a_failed_compile_reports_the_compiler_message(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.c"
+    bad.write_text("this is not C;\n")
+    monkeypatch.setattr(kernels, "SOURCE", bad)
+    monkeypatch.setenv("R1LAB_KERNEL_CACHE", str(tmp_path / "cache"))
+    if kernels.shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler here")
+    with pytest.raises(RuntimeError, match="error"):
+        kernels.build()
+    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built is left to load
+
+
+@needs_kernels
+def test_concurrent_builds_into_one_cache(tmp_path):
+    """Two processes building into an empty cache at once (DDP ranks, pytest workers) both load."""
+    env = os.environ | {"R1LAB_KERNEL_CACHE": str(tmp_path)}
+    code = "import r1lab.kernels as k; assert k.available(), k.why_unavailable()"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert len(list(tmp_path.glob("*.so"))) == 1
