@@ -109,7 +109,7 @@ def test_switch_off_and_missing_compiler(tmp_path, monkeypatch):
 def test_a_failed_compile_reports_the_compiler_message(tmp_path, monkeypatch):
     bad = tmp_path / "bad.c"
     bad.write_text("this is not C;\n")
-    monkeypatch.setattr(kernels, "SOURCE", bad)
+    monkeypatch.setattr(kernels, "SOURCES", [bad])
     monkeypatch.setenv("R1LAB_KERNEL_CACHE", str(tmp_path / "cache"))
     if kernels.shutil.which(os.environ.get("CC", "cc")) is None:
         pytest.skip("no C compiler here")
@@ -126,3 +126,74 @@ def test_concurrent_builds_into_one_cache(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert len(list(tmp_path.glob("*.so"))) == 1
+
+
+# ----------------------------------------------------------------------- causal (training)
+@needs_kernels
+def test_causal_hand_computed():
+    """One block, one head, D=16 (only the first two dims non-zero), scale 1. Position 0 sees
+    itself only: out_0 = v_0. Position 1: q_1 = (1, 0), k_0 = (0, 0), k_1 = (2, 0) ->
+    weights (1, e^2) / (1 + e^2) over v_0 = (1, 2), v_1 = (3, 4). Position 2 is padding: 0."""
+    x = torch.zeros((1, 3, 48))  # [R, S, (q | k | v) * 16]
+    x[0, 0, 32:34] = torch.tensor([1.0, 2.0])  # v_0
+    x[0, 1, 0] = 1.0  # q_1
+    x[0, 1, 16] = 2.0  # k_1
+    x[0, 1, 32:34] = torch.tensor([3.0, 4.0])  # v_1
+    x[0, 2] = 7.0  # padding: must not matter
+    out = kernels.causal_attention(x, torch.tensor([2]), 1, 1, 1.0)
+    w1 = math.exp(2) / (1 + math.exp(2))
+    assert out[0, 0, :2].tolist() == [1.0, 2.0]
+    assert out[0, 1, :2].tolist() == pytest.approx([1 + 2 * w1, 2 + 2 * w1], rel=1e-6)
+    assert out[0, :2, 2:].abs().max() == 0 and out[0, 2].abs().max() == 0
+
+
+@needs_kernels
+@pytest.mark.parametrize("H,Hkv,D", [(4, 4, 64), (4, 2, 16), (8, 2, 128), (3, 1, 48)])
+@pytest.mark.parametrize("S", [1, 7, 37])
+def test_causal_equals_torch_with_gradients(H, Hkv, D, S):
+    """Forward and input gradient against the float64 torch reference: grouped-query heads,
+    head dims on the specialised (64, 128) and generic paths, lengths around the 4-query and
+    16-key blocks, and blocks with padding (gradient 0 there)."""
+    g = torch.Generator().manual_seed(S * 100 + D)
+    R = 4
+    lens = torch.tensor([S, max(1, S - 3), max(1, S // 2), 1])
+    x = torch.randn((R, S, (H + 2 * Hkv) * D), generator=g)
+    dout = torch.randn((R, S, H * D), generator=g)
+    x64 = x.double().requires_grad_()
+    want = kernels.reference_causal_attention(x64, lens, H, Hkv, 0.2)
+    (want_dx,) = torch.autograd.grad(want, x64, dout.double())
+    xk = x.clone().requires_grad_()
+    got = kernels.causal_attention(xk, lens, H, Hkv, 0.2)
+    (got_dx,) = torch.autograd.grad(got, xk, dout)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_dx.double(), want_dx, rtol=1e-4, atol=1e-4)
+    pad = torch.arange(S)[None] >= lens[:, None]  # [R, S]
+    assert got[pad].abs().sum() == 0 and got_dx[pad].abs().sum() == 0
+
+
+@needs_kernels
+def test_causal_without_grad_and_second_order():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((2, 5, 3 * 16), generator=g)
+    with torch.no_grad():
+        out = kernels.causal_attention(x, torch.tensor([5, 2]), 1, 1, 0.5)
+    ref = kernels.reference_causal_attention(x, torch.tensor([5, 2]), 1, 1, 0.5)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    # second order (a gradient penalty): the create_graph backward is differentiable
+    w = torch.randn((2, 5, 16), generator=g)
+    grads = []
+    for fn in (kernels.causal_attention, kernels.reference_causal_attention):
+        xg = x.clone().requires_grad_()
+        (dx,) = torch.autograd.grad((fn(xg, torch.tensor([5, 2]), 1, 1, 0.5) * w).sum(), xg,
+                                    create_graph=True)
+        (dx ** 2).sum().backward()
+        grads.append(xg.grad)
+    assert grads[1].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
+def test_causal_head_dim_rule():
+    x = torch.zeros(1)
+    assert not kernels.causal_supports(x, 12) and not kernels.causal_supports(x, 272)
+    assert kernels.causal_supports(x, 64) == kernels.available()
+    assert not kernels.causal_supports(x.double(), 64)

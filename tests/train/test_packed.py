@@ -20,6 +20,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+import r1lab.kernels as kernels
 import r1lab.onednn as onednn
 import r1lab.train.packed as packed_module
 from r1lab.config import RunConfig
@@ -31,7 +32,8 @@ from .test_speed_equivalence import MICRO
 
 
 def _model(tokenizer, kind: str):
-    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+    # head dims of 16 (a multiple of 16: the C attention kernel's), Qwen3's set explicitly
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64,
                   num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                   bos_token_id=None)
@@ -40,7 +42,7 @@ def _model(tokenizer, kind: str):
         return Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=4, use_sliding_window=False,
                                             tie_word_embeddings=True, **common))
     if kind == "qwen3":  # RMSNorm on queries and keys, head_dim != hidden / heads
-        return Qwen3ForCausalLM(Qwen3Config(num_key_value_heads=2, head_dim=12,
+        return Qwen3ForCausalLM(Qwen3Config(num_key_value_heads=2, head_dim=32,
                                             use_sliding_window=False, **common))
     return LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **common))  # 2 queries per kv head
 
@@ -65,13 +67,20 @@ def _hf_entropy(model, ids, attn, pos, L, temperature):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
-@pytest.mark.parametrize("attention", ["matmuls", "sdpa"])
+@pytest.mark.parametrize("attention", ["kernel", "matmuls", "sdpa"])
 @pytest.mark.parametrize("linears", ["onednn", "torch"])
 def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind, attention, linears,
                                                              monkeypatch):
-    """Both attention paths (short blocks: matmuls; long: SDPA), both linear paths (oneDNN, used
-    on CPU for large weights, and torch), with gradients and without (a reference model's
-    forward, where oneDNN fuses SwiGLU)."""
+    """The three attention paths (CPU: the C kernel; without it, short blocks: matmuls, long:
+    SDPA), both linear paths (oneDNN, used on CPU for large weights, and torch), with gradients
+    and without (a reference model's forward, where oneDNN fuses SwiGLU)."""
+    if attention == "kernel" and not kernels.available():
+        pytest.skip(f"no C kernels here: {kernels.why_unavailable()}")
+    used = []
+    real = kernels.causal_attention
+    monkeypatch.setattr(kernels, "causal_attention", lambda *a: used.append(1) or real(*a))
+    if attention != "kernel":
+        monkeypatch.setattr(kernels, "causal_supports", lambda x, head_dim: False)
     if attention == "sdpa":
         monkeypatch.setattr(packed_module, "MATMUL_ATTENTION_MAX", 0)
     if linears == "onednn":
@@ -100,6 +109,7 @@ def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind, at
     with torch.inference_mode():
         ref, _ = packed_logprobs(model, pb, temperature=0.7)
     torch.testing.assert_close(ref * mask, hf.detach() * mask, atol=2e-5, rtol=0)
+    assert bool(used) == (attention == "kernel")  # the path under test is the one that ran
 
 
 def test_each_distinct_prompt_is_computed_once(tokenizer):

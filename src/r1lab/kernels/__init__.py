@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("decode_attention.c")
+SOURCES = [Path(__file__).with_name(f) for f in ("decode_attention.c", "causal_attention.c")]
 #: -ffast-math lets gcc vectorise expf (glibc's libmvec); it is given to the compile step only,
 #: because linking a shared library with it (gcc < 13) would switch the whole process to
 #: flush-to-zero floats
@@ -80,16 +80,17 @@ def build(cc: str | None = None) -> Path:
     if exe is None:
         raise RuntimeError(f"no C compiler: {cc!r} is not on PATH (set CC)")
     version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *COMPILE_FLAGS, *LINK_FLAGS, *LIBS, version,
+    key = hashlib.sha256("\0".join([*(src.read_text() for src in SOURCES), *COMPILE_FLAGS, *LINK_FLAGS, *LIBS, version,
                                     _cpu_id()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"r1lab_kernels_{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        obj, lib = Path(tmp) / "k.o", Path(tmp) / "k.so"
-        for cmd in ([exe, *COMPILE_FLAGS, str(SOURCE), "-o", str(obj)],
-                    [exe, *LINK_FLAGS, str(obj), "-o", str(lib), *LIBS]):
+        objs = [str(Path(tmp) / f"{src.stem}.o") for src in SOURCES]
+        lib = Path(tmp) / "k.so"
+        cmds = [[exe, *COMPILE_FLAGS, str(src), "-o", obj] for src, obj in zip(SOURCES, objs)]
+        for cmd in [*cmds, [exe, *LINK_FLAGS, *objs, "-o", str(lib), *LIBS]]:
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()[-2000:]}")
@@ -111,13 +112,19 @@ def _load() -> None:
         _why = f"the C kernels could not be built or loaded: {e}"
         log.warning("r1lab: %s; decoding uses torch operations instead", _why)
         return
-    f = lib.r1_decode_attention
-    f.restype = None
-    p, i64, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    f.argtypes = [p, i64, p, p, p, p, p, i64, i64, p, i64, p, i32, i32, i32, i32, i32,
-                  ctypes.c_float]
+    p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
+    signatures = {
+        "r1_decode_attention": [p, i64, p, p, p, p, p, i64, i64, p, i64, p, i32, i32, i32, i32,
+                                i32, f32],
+        "r1_causal_attention_fwd": [p, p, p, p, i32, i32, i32, i32, i32, f32],
+        "r1_causal_attention_bwd": [p, p, p, p, p, p, i32, i32, i32, i32, i32, f32],
+    }
+    for name, args in signatures.items():
+        f = getattr(lib, name)
+        f.argtypes, f.restype = args, None
     _lib = lib
-    why = _probe()
+    with torch.inference_mode(False), torch.enable_grad():  # callers may be in no-grad decoding
+        why = _probe()
     if why is not None:
         _lib, _why = None, why
         log.warning("r1lab: the C decode kernel disagrees with torch (%s); not used", why)
@@ -148,6 +155,12 @@ def supports(*tensors: Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and available()
 
 
+def causal_supports(x: Tensor, head_dim: int) -> bool:
+    """Whether `causal_attention` takes heads of `head_dim` for tensors like x (the kernel
+    works on 16-float vectors: head dims that are multiples of 16, up to 256)."""
+    return head_dim % 16 == 0 and head_dim <= 256 and supports(x)
+
+
 def reference_decode_attention(qkv: Tensor, cos: Tensor, ssin: Tensor, pos: Tensor,
                                k_cache: Tensor, v_cache: Tensor, bias: Tensor, length: int,
                                heads: int, scale: float) -> Tensor:
@@ -166,8 +179,70 @@ def reference_decode_attention(qkv: Tensor, cos: Tensor, ssin: Tensor, pos: Tens
     return o.reshape(A, H * D)
 
 
+class _CausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, lens: Tensor, heads: int, kv_heads: int, scale: float) -> Tensor:
+        R, S, W = x.shape
+        D = W // (heads + 2 * kv_heads)
+        out = x.new_empty((R, S, heads * D))
+        lse = x.new_empty((R, heads, S)) if ctx.needs_input_grad[0] else None
+        _lib.r1_causal_attention_fwd(x.data_ptr(), lens.data_ptr(), out.data_ptr(),
+                                     None if lse is None else lse.data_ptr(), R, S, heads,
+                                     kv_heads, D, scale)
+        if lse is not None:
+            ctx.save_for_backward(x, lens, out, lse)
+        ctx.shape = (R, S, heads, kv_heads, D, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        x, lens, out, lse = ctx.saved_tensors
+        R, S, heads, kv_heads, D, scale = ctx.shape
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
+            ref = reference_causal_attention(x, lens, heads, kv_heads, scale)
+            return torch.autograd.grad(ref, x, dout, create_graph=True)[0], None, None, None, None
+        dout = dout.contiguous()
+        dx = torch.empty_like(x)
+        _lib.r1_causal_attention_bwd(x.data_ptr(), lens.data_ptr(), out.data_ptr(),
+                                     lse.data_ptr(), dout.data_ptr(), dx.data_ptr(), R, S, heads,
+                                     kv_heads, D, scale)
+        return dx, None, None, None, None
+
+
+def causal_attention(x: Tensor, lens: Tensor, heads: int, kv_heads: int, scale: float) -> Tensor:
+    """Causal self-attention within each of R blocks, with autograd (a `create_graph` backward
+    runs `reference_causal_attention`, so higher-order gradients are right, not fast).
+
+    x [R, S, (H + 2 Hkv) D] contiguous: each position's q heads, then k heads, then v heads
+    (RoPE already applied); lens [R] int64: block r's real positions are 0 .. lens[r]-1, the
+    rest padding (output 0, gradient 0). Returns [R, S, H D]. Query head h uses kv head
+    h // (H / Hkv). Call only when `available()`; `reference_causal_attention` is the same
+    computation in torch.
+    """
+    return _CausalAttention.apply(x.contiguous(), lens.to(torch.long).contiguous(), heads,
+                                  kv_heads, scale)
+
+
+def reference_causal_attention(x: Tensor, lens: Tensor, heads: int, kv_heads: int,
+                               scale: float) -> Tensor:
+    """`causal_attention` in torch operations (the tests' reference, differentiable)."""
+    R, S, W = x.shape
+    H, Hkv = heads, kv_heads
+    D = W // (H + 2 * Hkv)
+    q, k, v = x.view(R, S, H + 2 * Hkv, D).transpose(1, 2).split([H, Hkv, Hkv], 1)
+    k, v = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)  # [R, H, S, D]
+    pos = torch.arange(S, device=x.device)
+    real = pos[None] < lens[:, None]  # [R, S]
+    allowed = (pos[None, :] <= pos[:, None])[None] & real[:, None, :]  # [R, S(query), S(key)]
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    o = torch.softmax(scores, -1).nan_to_num(0.0) @ v  # padding queries: no keys -> 0
+    o = o * real[:, None, :, None]
+    return o.transpose(1, 2).reshape(R, S, H * D)
+
+
 def _probe() -> str | None:
-    """None when the kernel matches `reference_decode_attention` on a small GQA case."""
+    """None when the kernels match their torch references on small GQA cases."""
     g = torch.Generator().manual_seed(0)
     A, H, Hkv, D, L, n = 3, 4, 2, 8, 6, 4
     qkv = torch.randn((A, (H + 2 * Hkv) * D), generator=g)
@@ -180,9 +255,19 @@ def _probe() -> str | None:
     want = reference_decode_attention(qkv, cos, ssin, pos, ref_cache[0], ref_cache[1], bias, n, H, 0.3)
     got = decode_attention(qkv, cos, ssin, pos, cache[0], cache[1], bias, n, H, 0.3)
     if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
-        return f"output differs by {(got - want).abs().max().item():.3g}"
+        return f"decode attention differs by {(got - want).abs().max().item():.3g}"
     if not torch.allclose(cache, ref_cache, rtol=1e-5, atol=1e-6):
-        return "the cache write differs"
+        return "the decode kernel's cache write differs"
+    D = 16  # the causal kernel's head dims are multiples of 16
+    x = torch.randn((2, 6, (H + 2 * Hkv) * D), generator=g, requires_grad=True)
+    lens, dout = torch.tensor([6, 3]), torch.randn((2, 6, H * D), generator=g)
+    want = reference_causal_attention(x, lens, H, Hkv, 0.3)
+    (want_dx,) = torch.autograd.grad(want, x, dout)
+    got = causal_attention(x, lens, H, Hkv, 0.3)
+    (got_dx,) = torch.autograd.grad(got, x, dout)
+    if not (torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+            and torch.allclose(got_dx, want_dx, rtol=1e-4, atol=1e-5)):
+        return "causal attention or its gradient differs"
     if torch.tensor(1e-40) * 1.0 == 0:  # a library must not switch the process to flush-to-zero
         return "denormal floats are flushed after loading the kernels"
     return None

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from r1lab import kernels
 from r1lab.onednn import linear, swiglu
 from r1lab.rollout.native import _cat, _rms, _rotate_fast, _signed_sin, native_support
 
@@ -80,6 +81,7 @@ class PackedBatch:
     gather: Tensor  # [R, S] flat index of each block position
     scatter: Tensor  # [n] index into the R*S block positions that holds each flat token's output
     valid_c: Tensor  # [R, Tt] bool: real completion tokens (the targets)
+    block_len: Tensor  # [R] real positions of each attention block (prompt + completion inputs)
     pred: Tensor  # [m] flat index of the position that predicts each completion token
     targets: Tensor  # [m] the completion tokens (row-major over valid_c)
     width: int  # T of the caller's completion tensor; outputs are [R, width]
@@ -165,7 +167,7 @@ class PackedBatch:
         last_p = idx_p.gather(1, (plens - 1)[:, None])[:, 0]  # [U]
         pred = torch.cat([last_p[row_prompt][:, None], idx_c], 1)[valid_c]  # [m]
         return cls(ids=ids, pos=pos, gather=gather, scatter=torch.cat([at_p, at_c]),
-                   valid_c=valid_c, pred=pred, targets=comp[valid_c], width=completion_ids.shape[1])
+                   block_len=plen_r + (clens - 1).clamp(min=0), valid_c=valid_c, pred=pred, targets=comp[valid_c], width=completion_ids.shape[1])
 
     @property
     def max_len(self) -> int:
@@ -226,8 +228,9 @@ def packed_hidden(base, pb: PackedBatch) -> Tensor:
     n = len(pb.ids)
     R, S = pb.gather.shape
     h = F.embedding(pb.ids, embed)  # [n, d]
+    fused = kernels.causal_supports(h, D)  # CPU float32: attention in C, padding skipped
     for layer in layers:
-        att, mlp = layer.self_attn, layer.mlp
+        att = layer.self_attn
         # one matmul for q/k/v, made from the parameters here so gradients reach each of them
         w_qkv, b_qkv = _cat([att.q_proj, att.k_proj, att.v_proj])
         qkv = linear(_rms(h, layer.input_layernorm), w_qkv, b_qkv).view(n, H + 2 * Hkv, D)
@@ -237,17 +240,27 @@ def packed_hidden(base, pb: PackedBatch) -> Tensor:
         # RoPE on q and k, in place: the matmul keeps its input, not its output, for the backward
         qkv[:, : H + Hkv] = _rotate_fast(qkv[:, : H + Hkv], cos, sin)
         blocks = qkv.index_select(0, pb.gather.view(-1)).view(R, S, H + 2 * Hkv, D)
-        q, k, v = blocks.transpose(1, 2).split([H, Hkv, Hkv], 1)  # [R, h, S, D]
-        if S <= MATMUL_ATTENTION_MAX and q.device.type == "cpu":  # GPUs: SDPA's fused kernels
-            o = _causal_attention(q, k, v, att.scaling)
+        if fused:
+            o = kernels.causal_attention(blocks.view(R, S, -1), pb.block_len, H, Hkv, att.scaling)
         else:
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=att.scaling, **gqa)
-        o = o.transpose(1, 2).reshape(R * S, H * D).index_select(0, pb.scatter)  # [n, H*D]
+            q, k, v = blocks.transpose(1, 2).split([H, Hkv, Hkv], 1)  # [R, h, S, D]
+            if S <= MATMUL_ATTENTION_MAX and q.device.type == "cpu":  # GPUs: SDPA's kernels
+                o = _causal_attention(q, k, v, att.scaling)
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=att.scaling, **gqa)
+            o = o.transpose(1, 2)  # [R, S, H, D]
+        o = o.reshape(R * S, H * D).index_select(0, pb.scatter)  # [n, H*D]
         h = linear(o, att.o_proj.weight, att.o_proj.bias, add=h)
-        x = _rms(h, layer.post_attention_layernorm)
-        act = swiglu(x, mlp.gate_proj.weight, mlp.gate_proj.bias, mlp.up_proj.weight, mlp.up_proj.bias)
-        h = linear(act, mlp.down_proj.weight, mlp.down_proj.bias, add=h)
+        h = _mlp(layer, h)
     return _rms(h.index_select(0, pb.pred), base.norm)  # only the positions that predict
+
+
+def _mlp(layer, h: Tensor) -> Tensor:
+    """The layer's second half: h + down(swiglu(norm(h)))."""
+    mlp = layer.mlp
+    x = _rms(h, layer.post_attention_layernorm)
+    act = swiglu(x, mlp.gate_proj.weight, mlp.gate_proj.bias, mlp.up_proj.weight, mlp.up_proj.bias)
+    return linear(act, mlp.down_proj.weight, mlp.down_proj.bias, add=h)
 
 
 def _causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
