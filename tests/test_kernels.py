@@ -151,7 +151,7 @@ def test_causal_hand_computed():
 @pytest.mark.parametrize("H,Hkv,D", [(4, 4, 64), (4, 2, 16), (8, 2, 128), (3, 1, 48)])
 @pytest.mark.parametrize("S", [1, 7, 37])
 def test_causal_equals_torch_with_gradients(H, Hkv, D, S):
-    """Forward and input gradient against the float64 torch reference: grouped-query heads,
+    """Forward and input gradient (RoPE included) against the float64 torch reference: grouped-query heads,
     head dims on the specialised (64, 128) and generic paths, lengths around the 4-query and
     16-key blocks, and blocks with padding (gradient 0 there)."""
     g = torch.Generator().manual_seed(S * 100 + D)
@@ -159,11 +159,12 @@ def test_causal_equals_torch_with_gradients(H, Hkv, D, S):
     lens = torch.tensor([S, max(1, S - 3), max(1, S // 2), 1])
     x = torch.randn((R, S, (H + 2 * Hkv) * D), generator=g)
     dout = torch.randn((R, S, H * D), generator=g)
+    cos, ssin = torch.randn((S + 2, D), generator=g), torch.randn((S + 2, D), generator=g)
     x64 = x.double().requires_grad_()
-    want = kernels.reference_causal_attention(x64, lens, H, Hkv, 0.2)
+    want = kernels.reference_causal_attention(x64, lens, H, Hkv, 0.2, cos.double(), ssin.double())
     (want_dx,) = torch.autograd.grad(want, x64, dout.double())
     xk = x.clone().requires_grad_()
-    got = kernels.causal_attention(xk, lens, H, Hkv, 0.2)
+    got = kernels.causal_attention(xk, lens, H, Hkv, 0.2, cos, ssin)
     (got_dx,) = torch.autograd.grad(got, xk, dout)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got_dx.double(), want_dx, rtol=1e-4, atol=1e-4)

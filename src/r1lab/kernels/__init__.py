@@ -116,8 +116,8 @@ def _load() -> None:
     signatures = {
         "r1_decode_attention": [p, i64, p, p, p, p, p, i64, i64, p, i64, p, i32, i32, i32, i32,
                                 i32, f32],
-        "r1_causal_attention_fwd": [p, p, p, p, i32, i32, i32, i32, i32, f32],
-        "r1_causal_attention_bwd": [p, p, p, p, p, p, i32, i32, i32, i32, i32, f32],
+        "r1_causal_attention_fwd": [p, p, p, p, p, p, i32, i32, i32, i32, i32, f32],
+        "r1_causal_attention_bwd": [p, p, p, p, p, p, p, p, i32, i32, i32, i32, i32, f32],
     }
     for name, args in signatures.items():
         f = getattr(lib, name)
@@ -181,55 +181,71 @@ def reference_decode_attention(qkv: Tensor, cos: Tensor, ssin: Tensor, pos: Tens
 
 class _CausalAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, lens: Tensor, heads: int, kv_heads: int, scale: float) -> Tensor:
+    def forward(ctx, x: Tensor, lens: Tensor, cos: Tensor, ssin: Tensor, heads: int,
+                kv_heads: int, scale: float) -> Tensor:
         R, S, W = x.shape
         D = W // (heads + 2 * kv_heads)
         out = x.new_empty((R, S, heads * D))
         lse = x.new_empty((R, heads, S)) if ctx.needs_input_grad[0] else None
-        _lib.r1_causal_attention_fwd(x.data_ptr(), lens.data_ptr(), out.data_ptr(),
+        _lib.r1_causal_attention_fwd(x.data_ptr(), lens.data_ptr(), cos.data_ptr(),
+                                     ssin.data_ptr(), out.data_ptr(),
                                      None if lse is None else lse.data_ptr(), R, S, heads,
                                      kv_heads, D, scale)
         if lse is not None:
-            ctx.save_for_backward(x, lens, out, lse)
+            ctx.save_for_backward(x, lens, cos, ssin, out, lse)
         ctx.shape = (R, S, heads, kv_heads, D, scale)
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        x, lens, out, lse = ctx.saved_tensors
+        x, lens, cos, ssin, out, lse = ctx.saved_tensors
         R, S, heads, kv_heads, D, scale = ctx.shape
+        none = (None,) * 6
         if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable
-            ref = reference_causal_attention(x, lens, heads, kv_heads, scale)
-            return torch.autograd.grad(ref, x, dout, create_graph=True)[0], None, None, None, None
+            ref = reference_causal_attention(x, lens, heads, kv_heads, scale, cos, ssin)
+            return torch.autograd.grad(ref, x, dout, create_graph=True)[0], *none
         dout = dout.contiguous()
         dx = torch.empty_like(x)
-        _lib.r1_causal_attention_bwd(x.data_ptr(), lens.data_ptr(), out.data_ptr(),
-                                     lse.data_ptr(), dout.data_ptr(), dx.data_ptr(), R, S, heads,
-                                     kv_heads, D, scale)
-        return dx, None, None, None, None
+        _lib.r1_causal_attention_bwd(x.data_ptr(), lens.data_ptr(), cos.data_ptr(),
+                                     ssin.data_ptr(), out.data_ptr(), lse.data_ptr(),
+                                     dout.data_ptr(), dx.data_ptr(), R, S, heads, kv_heads, D,
+                                     scale)
+        return dx, *none
 
 
-def causal_attention(x: Tensor, lens: Tensor, heads: int, kv_heads: int, scale: float) -> Tensor:
-    """Causal self-attention within each of R blocks, with autograd (a `create_graph` backward
-    runs `reference_causal_attention`, so higher-order gradients are right, not fast).
+def causal_attention(x: Tensor, lens: Tensor, heads: int, kv_heads: int, scale: float,
+                     cos: Tensor | None = None, ssin: Tensor | None = None) -> Tensor:
+    """Causal self-attention within each of R blocks, RoPE included, with autograd (a
+    `create_graph` backward runs `reference_causal_attention`, so higher-order gradients are
+    right, not fast).
 
-    x [R, S, (H + 2 Hkv) D] contiguous: each position's q heads, then k heads, then v heads
-    (RoPE already applied); lens [R] int64: block r's real positions are 0 .. lens[r]-1, the
-    rest padding (output 0, gradient 0). Returns [R, S, H D]. Query head h uses kv head
-    h // (H / Hkv). Call only when `available()`; `reference_causal_attention` is the same
-    computation in torch.
+    x [R, S, (H + 2 Hkv) D]: each position's q heads, then k heads, then v heads, before RoPE;
+    block position t has position id t and is rotated with row t of cos/ssin [>= S, D]
+    (`r1lab.rollout.native._signed_sin`; None: no rotation). lens [R] int64: block r's real
+    positions are 0 .. lens[r]-1, the rest padding (output 0, gradient 0). Returns [R, S, H D].
+    Query head h uses kv head h // (H / Hkv). Call only when `causal_supports(x, D)`.
     """
-    return _CausalAttention.apply(x.contiguous(), lens.to(torch.long).contiguous(), heads,
-                                  kv_heads, scale)
+    R, S, W = x.shape
+    D = W // (heads + 2 * kv_heads)
+    if cos is None:
+        cos, ssin = x.new_ones((S, D)), x.new_zeros((S, D))
+    if cos.shape[0] < S or ssin.shape[0] < S:
+        raise ValueError(f"RoPE tables of {cos.shape[0]} positions for blocks of {S}")
+    return _CausalAttention.apply(x.contiguous(), lens.to(torch.long).contiguous(),
+                                  cos.contiguous(), ssin.contiguous(), heads, kv_heads, scale)
 
 
 def reference_causal_attention(x: Tensor, lens: Tensor, heads: int, kv_heads: int,
-                               scale: float) -> Tensor:
+                               scale: float, cos: Tensor | None = None,
+                               ssin: Tensor | None = None) -> Tensor:
     """`causal_attention` in torch operations (the tests' reference, differentiable)."""
     R, S, W = x.shape
     H, Hkv = heads, kv_heads
     D = W // (H + 2 * Hkv)
     q, k, v = x.view(R, S, H + 2 * Hkv, D).transpose(1, 2).split([H, Hkv, Hkv], 1)
+    if cos is not None:  # rope(y)[d] = y[d] cos[d] + y[(d + D/2) % D] ssin[d], position = t
+        c, s = cos[:S].to(x.dtype), ssin[:S].to(x.dtype)
+        q, k = ((y * c + torch.cat([y[..., D // 2:], y[..., : D // 2]], -1) * s) for y in (q, k))
     k, v = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)  # [R, H, S, D]
     pos = torch.arange(S, device=x.device)
     real = pos[None] < lens[:, None]  # [R, S]
@@ -261,9 +277,10 @@ def _probe() -> str | None:
     D = 16  # the causal kernel's head dims are multiples of 16
     x = torch.randn((2, 6, (H + 2 * Hkv) * D), generator=g, requires_grad=True)
     lens, dout = torch.tensor([6, 3]), torch.randn((2, 6, H * D), generator=g)
-    want = reference_causal_attention(x, lens, H, Hkv, 0.3)
+    cos, ssin = torch.randn((6, D), generator=g), torch.randn((6, D), generator=g)
+    want = reference_causal_attention(x, lens, H, Hkv, 0.3, cos, ssin)
     (want_dx,) = torch.autograd.grad(want, x, dout)
-    got = causal_attention(x, lens, H, Hkv, 0.3)
+    got = causal_attention(x, lens, H, Hkv, 0.3, cos, ssin)
     (got_dx,) = torch.autograd.grad(got, x, dout)
     if not (torch.allclose(got, want, rtol=1e-4, atol=1e-5)
             and torch.allclose(got_dx, want_dx, rtol=1e-4, atol=1e-5)):

@@ -3,7 +3,10 @@
  * stored; the forward keeps each query's log-sum-exp and the backward recomputes them.
  *
  * Layouts (float32, row-major):
- *   x    [R, S, W], W = (H + 2*Hkv) * D: per block position, the q heads, then k, then v
+ *   x    [R, S, W], W = (H + 2*Hkv) * D: per block position, the q heads, then k, then v,
+ *        before RoPE: block position t has position id t, and q and k are rotated here with
+ *        row t of the tables cos, ssin [>= S, D] (ssin: sin with rotate_half's sign folded in,
+ *        see decode_attention.c); the backward rotates their gradients back
  *   lens [R] int64: block r's real positions are 0 .. lens[r]-1; the rest is padding, which
  *        is skipped (its output and gradient are 0)
  *   out  [R, S, H*D]; lse [R, H, S]
@@ -30,11 +33,51 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));  /* unaligned l
 
 static inline int round16(int n) { return (n + 15) / 16 * 16; }
 
-/* rows t < L of a [*, D] matrix at row stride `row` -> dst [D][Sp] (zero for t >= L) */
-static void transpose_into(const float *src, long row, int L, int D, int Sp, float *dst) {
+/* y = rope(x) at table row c, s: y[d] = x[d] c[d] + x[(d + D/2) % D] s[d] */
+static inline void rope(const float *restrict x, const float *restrict c, const float *restrict s,
+                        int D, float *restrict y) {
+    const int h = D / 2;
+#pragma omp simd
+    for (int d = 0; d < h; d++) y[d] = x[d] * c[d] + x[d + h] * s[d];
+#pragma omp simd
+    for (int d = h; d < D; d++) y[d] = x[d] * c[d] + x[d - h] * s[d];
+}
+
+/* the transpose of `rope`: dx[e] = dy[e] c[e] + dy[(e + D/2) % D] s[(e + D/2) % D] */
+static inline void rope_back(const float *restrict dy, const float *restrict c,
+                             const float *restrict s, int D, float *restrict dx) {
+    const int h = D / 2;
+#pragma omp simd
+    for (int e = 0; e < h; e++) dx[e] = dy[e] * c[e] + dy[e + h] * s[e + h];
+#pragma omp simd
+    for (int e = h; e < D; e++) dx[e] = dy[e] * c[e] + dy[e - h] * s[e - h];
+}
+
+/* rows t < L of a [*, D] matrix at row stride `row`, rotated (when cos) at position t, into
+ * rows [Sp][D] (when rows) and transposed into dst [D][Sp] (zero for t >= L) */
+static void keys_into(const float *src, long row, int L, int D, int Sp, const float *cos,
+                      const float *ssin, float *rows, float *dst) {
+    float tmp[256];
     memset(dst, 0, sizeof(float) * (size_t)D * Sp);
-    for (int t = 0; t < L; t++)
-        for (int d = 0; d < D; d++) dst[(long)d * Sp + t] = src[t * row + d];
+    for (int t = 0; t < L; t++) {
+        const float *k = src + t * row;
+        if (cos) {
+            rope(k, cos + (long)t * D, ssin + (long)t * D, D, tmp);
+            k = tmp;
+        }
+        if (rows) memcpy(rows + (long)t * D, k, sizeof(float) * D);
+        for (int d = 0; d < D; d++) dst[(long)d * Sp + t] = k[d];
+    }
+}
+
+/* the QB query rows i0 .. i0+QB-1 of head h, rotated, into q [QB][D]; rows past the block's
+ * `nq` real queries repeat the last one (their results are dropped) */
+static inline void queries_into(const float *xb, long W, int i0, int nq, int h, int D,
+                                const float *cos, const float *ssin, float *q) {
+    for (int b = 0; b < QB; b++) {
+        const int i = i0 + (b < nq ? b : nq - 1);
+        rope(xb + (long)i * W + (long)h * D, cos + (long)i * D, ssin + (long)i * D, D, q + b * D);
+    }
 }
 
 /* s[b][t] = scale * a_b . k_t for the QB rows a_b (row stride `arow`), t < nk (a multiple of
@@ -58,8 +101,9 @@ static inline __attribute__((always_inline)) void block_scores(
 }
 
 static inline __attribute__((always_inline)) void fwd_item(
-    const float *xb, const long W, const float *KT, float *s, int Sp, int L, int S, int H,
-    int Hkv, int j, int g, int D, float scale, float *outb, float *lseb) {
+    const float *xb, const long W, const float *KT, float *s, float *q, int Sp, int L, int S,
+    int H, int Hkv, int j, int g, int D, float scale, const float *cos, const float *ssin,
+    float *outb, float *lseb) {
     const int G = H / Hkv, h = j * G + g, DV = D / 16;
     const long HD = (long)H * D;
     const float *V = xb + (long)(H + Hkv + j) * D;
@@ -72,17 +116,8 @@ static inline __attribute__((always_inline)) void fwd_item(
             continue;
         }
         const int nq = (L - i0 < QB ? L - i0 : QB), nk = i0 + nq;  /* keys 0 .. nk-1 */
-        /* rows past the block's end read the last real query again (results dropped) */
-        const long arow = nq == QB ? W : 0;
-        if (nq < QB) {
-            float *tmp = s + QB * Sp;  /* gather the nq real queries into QB contiguous rows */
-            for (int b = 0; b < QB; b++)
-                memcpy(tmp + b * D, xb + (long)(i0 + (b < nq ? b : nq - 1)) * W + (long)h * D,
-                       sizeof(float) * D);
-            block_scores(tmp, D, KT, Sp, D, round16(nk), scale, s);
-        } else {
-            block_scores(xb + (long)i0 * W + (long)h * D, arow, KT, Sp, D, round16(nk), scale, s);
-        }
+        queries_into(xb, W, i0, nq, h, D, cos, ssin, q);
+        block_scores(q, D, KT, Sp, D, round16(nk), scale, s);
         float inv[QB];
         for (int b = 0; b < QB; b++) {
             float *sb = s + b * Sp;
@@ -122,27 +157,28 @@ static inline __attribute__((always_inline)) void fwd_item(
     }
 }
 
-void r1_causal_attention_fwd(const float *x, const long *lens, float *out, float *lse, int R,
-                             int S, int H, int Hkv, int D, float scale) {
+void r1_causal_attention_fwd(const float *x, const long *lens, const float *cos,
+                             const float *ssin, float *out, float *lse, int R, int S, int H,
+                             int Hkv, int D, float scale) {
     const int G = H / Hkv, Sp = round16(S);
     const long W = (long)(H + 2 * Hkv) * D;
 #pragma omp parallel
     {
-        float *KT = aligned_alloc(64, sizeof(float) * ((size_t)D * Sp + (QB + 1) * (size_t)Sp + QB * (size_t)D));
-        float *s = KT + (size_t)D * Sp;
+        float *KT = aligned_alloc(64, sizeof(float) * ((size_t)D * Sp + QB * (size_t)Sp + QB * (size_t)D));
+        float *s = KT + (size_t)D * Sp, *q = s + QB * (size_t)Sp;
 #pragma omp for schedule(dynamic, 1)
         for (long item = 0; item < (long)R * Hkv; item++) {
             const int r = (int)(item / Hkv), j = (int)(item % Hkv), L = (int)lens[r];
             const float *xb = x + (long)r * S * W;
             float *outb = out + (long)r * S * H * D, *lseb = lse ? lse + (long)r * H * S : 0;
-            transpose_into(xb + (long)(H + j) * D, W, L, D, Sp, KT);
+            keys_into(xb + (long)(H + j) * D, W, L, D, Sp, cos, ssin, 0, KT);
             for (int g = 0; g < G; g++) {
                 if (D == 64)
-                    fwd_item(xb, W, KT, s, Sp, L, S, H, Hkv, j, g, 64, scale, outb, lseb);
+                    fwd_item(xb, W, KT, s, q, Sp, L, S, H, Hkv, j, g, 64, scale, cos, ssin, outb, lseb);
                 else if (D == 128)
-                    fwd_item(xb, W, KT, s, Sp, L, S, H, Hkv, j, g, 128, scale, outb, lseb);
+                    fwd_item(xb, W, KT, s, q, Sp, L, S, H, Hkv, j, g, 128, scale, cos, ssin, outb, lseb);
                 else
-                    fwd_item(xb, W, KT, s, Sp, L, S, H, Hkv, j, g, D, scale, outb, lseb);
+                    fwd_item(xb, W, KT, s, q, Sp, L, S, H, Hkv, j, g, D, scale, cos, ssin, outb, lseb);
             }
         }
         free(KT);
@@ -150,12 +186,12 @@ void r1_causal_attention_fwd(const float *x, const long *lens, float *out, float
 }
 
 static inline __attribute__((always_inline)) void bwd_item(
-    const float *xb, const long W, const float *KT, const float *VT, float *dK, float *dV,
-    float *s, float *ds, float *qt, int Sp, int L, int S, int H, int Hkv, int j, int g, int D,
-    float scale, const float *outb, const float *lseb, const float *doutb, float *db) {
+    const float *xb, const long W, const float *K, const float *KT, const float *VT, float *dK,
+    float *dV, float *s, float *ds, float *qt, int Sp, int L, int S, int H, int Hkv, int j,
+    int g, int D, float scale, const float *cos, const float *ssin, const float *outb,
+    const float *lseb, const float *doutb, float *db) {
     const int G = H / Hkv, h = j * G + g, DV = D / 16;
     const long HD = (long)H * D;
-    const float *K = xb + (long)(H + j) * D;
     for (int i0 = 0; i0 < S; i0 += QB) {
         if (i0 >= L) {
             for (int i = i0; i < S && i < i0 + QB; i++)
@@ -163,12 +199,12 @@ static inline __attribute__((always_inline)) void bwd_item(
             continue;
         }
         const int nq = (L - i0 < QB ? L - i0 : QB), nk = i0 + nq;
-        /* the block's queries and output gradients, QB contiguous rows each (last repeated) */
+        /* the block's rotated queries and output gradients, QB rows each (last repeated) */
         float *q = qt, *dO = qt + QB * D;
         float delta[QB];
+        queries_into(xb, W, i0, nq, h, D, cos, ssin, q);
         for (int b = 0; b < QB; b++) {
             const int i = i0 + (b < nq ? b : nq - 1);
-            memcpy(q + b * D, xb + (long)i * W + (long)h * D, sizeof(float) * D);
             memcpy(dO + b * D, doutb + (long)i * HD + (long)h * D, sizeof(float) * D);
             const float *o = outb + (long)i * HD + (long)h * D;
             float dl = 0.0f;
@@ -196,7 +232,7 @@ static inline __attribute__((always_inline)) void bwd_item(
         for (int t = 0; t < nk; t++) {
             const float a0 = ds[t], a1 = ds[Sp + t], a2 = ds[2 * Sp + t], a3 = ds[3 * Sp + t];
             const float p0 = s[t], p1 = s[Sp + t], p2 = s[2 * Sp + t], p3 = s[3 * Sp + t];
-            const float *k_t = K + t * W;
+            const float *k_t = K + (long)t * D;
             float *dk = dK + (long)t * D, *dv = dV + (long)t * D;
             for (int k = 0; k < DV; k++) {
                 const v16 kk = LD(k_t + 16 * k);
@@ -212,26 +248,31 @@ static inline __attribute__((always_inline)) void bwd_item(
                 ST(dv + 16 * k, LD(dv + 16 * k) + p0 * o0 + p1 * o1 + p2 * o2 + p3 * o3);
             }
         }
-        for (int b = 0; b < nq; b++)
-            for (int k = 0; k < DV; k++) ST(db + (long)(i0 + b) * W + (long)h * D + 16 * k, dq[b][k]);
+        for (int b = 0; b < nq; b++) {  /* the gradient of the query before RoPE */
+            float g_rot[256];
+            for (int k = 0; k < DV; k++) ST(g_rot + 16 * k, dq[b][k]);
+            const int i = i0 + b;
+            rope_back(g_rot, cos + (long)i * D, ssin + (long)i * D, D, db + (long)i * W + (long)h * D);
+        }
         for (int i = i0 + nq; i < S && i < i0 + QB; i++)  /* padding in the last block */
             memset(db + i * W + (long)h * D, 0, sizeof(float) * D);
     }
 }
 
-void r1_causal_attention_bwd(const float *x, const long *lens, const float *out,
-                             const float *lse, const float *dout, float *dx, int R, int S, int H,
-                             int Hkv, int D, float scale) {
+void r1_causal_attention_bwd(const float *x, const long *lens, const float *cos,
+                             const float *ssin, const float *out, const float *lse,
+                             const float *dout, float *dx, int R, int S, int H, int Hkv, int D,
+                             float scale) {
     const int G = H / Hkv, Sp = round16(S);
     const long W = (long)(H + 2 * Hkv) * D;
 #pragma omp parallel
     {
-        /* KT, VT [D][Sp]; dK, dV [Sp][D]; s, ds [QB][Sp]; q, dO rows [QB][D] each */
-        float *buf = aligned_alloc(64, sizeof(float) * ((size_t)4 * D * Sp + 2 * QB * (size_t)Sp
+        /* KT, VT [D][Sp]; K (rotated), dK, dV [Sp][D]; s, ds [QB][Sp]; q, dO [QB][D] each */
+        float *buf = aligned_alloc(64, sizeof(float) * ((size_t)5 * D * Sp + 2 * QB * (size_t)Sp
                                                         + 2 * QB * (size_t)D));
         float *KT = buf, *VT = KT + (size_t)D * Sp, *dK = VT + (size_t)D * Sp;
-        float *dV = dK + (size_t)D * Sp, *s = dV + (size_t)D * Sp, *ds = s + QB * Sp;
-        float *qt = ds + QB * Sp;
+        float *dV = dK + (size_t)D * Sp, *K = dV + (size_t)D * Sp, *s = K + (size_t)D * Sp;
+        float *ds = s + QB * Sp, *qt = ds + QB * Sp;
 #pragma omp for schedule(dynamic, 1)
         for (long item = 0; item < (long)R * Hkv; item++) {
             const int r = (int)(item / Hkv), j = (int)(item % Hkv), L = (int)lens[r];
@@ -240,21 +281,25 @@ void r1_causal_attention_bwd(const float *x, const long *lens, const float *out,
             const float *doutb = dout + (long)r * S * H * D;
             float *db = dx + (long)r * S * W;
             memset(dK, 0, sizeof(float) * (size_t)2 * D * Sp);  /* dK and dV */
-            transpose_into(xb + (long)(H + j) * D, W, L, D, Sp, KT);
-            transpose_into(xb + (long)(H + Hkv + j) * D, W, L, D, Sp, VT);
+            keys_into(xb + (long)(H + j) * D, W, L, D, Sp, cos, ssin, K, KT);
+            keys_into(xb + (long)(H + Hkv + j) * D, W, L, D, Sp, 0, 0, 0, VT);
             for (int g = 0; g < G; g++) {
                 if (D == 64)
-                    bwd_item(xb, W, KT, VT, dK, dV, s, ds, qt, Sp, L, S, H, Hkv, j, g, 64, scale,
-                             outb, lseb, doutb, db);
+                    bwd_item(xb, W, K, KT, VT, dK, dV, s, ds, qt, Sp, L, S, H, Hkv, j, g, 64,
+                             scale, cos, ssin, outb, lseb, doutb, db);
                 else if (D == 128)
-                    bwd_item(xb, W, KT, VT, dK, dV, s, ds, qt, Sp, L, S, H, Hkv, j, g, 128, scale,
-                             outb, lseb, doutb, db);
+                    bwd_item(xb, W, K, KT, VT, dK, dV, s, ds, qt, Sp, L, S, H, Hkv, j, g, 128,
+                             scale, cos, ssin, outb, lseb, doutb, db);
                 else
-                    bwd_item(xb, W, KT, VT, dK, dV, s, ds, qt, Sp, L, S, H, Hkv, j, g, D, scale,
-                             outb, lseb, doutb, db);
+                    bwd_item(xb, W, K, KT, VT, dK, dV, s, ds, qt, Sp, L, S, H, Hkv, j, g, D,
+                             scale, cos, ssin, outb, lseb, doutb, db);
             }
-            for (int t = 0; t < S; t++) {
-                memcpy(db + t * W + (long)(H + j) * D, dK + (long)t * D, sizeof(float) * D);
+            for (int t = 0; t < S; t++) {  /* k's gradient before RoPE (0 in the padding) */
+                float *dk = db + t * W + (long)(H + j) * D;
+                if (t < L)
+                    rope_back(dK + (long)t * D, cos + (long)t * D, ssin + (long)t * D, D, dk);
+                else
+                    memset(dk, 0, sizeof(float) * D);
                 memcpy(db + t * W + (long)(H + Hkv + j) * D, dV + (long)t * D, sizeof(float) * D);
             }
         }

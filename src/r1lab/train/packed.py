@@ -223,12 +223,16 @@ def packed_hidden(base, pb: PackedBatch) -> Tensor:
     a0 = layers[0].self_attn
     H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, a0.head_dim
     gqa = {"enable_gqa": True} if Hkv != H else {}
-    cos, sin = _rope_table(base, pb.max_len, dt)
-    cos, sin = cos[pb.pos][:, None], _signed_sin(sin[pb.pos][:, None])  # [n, 1, D]
+    cos_t, sin_t = _rope_table(base, pb.max_len, dt)
+    ssin_t = _signed_sin(sin_t)  # [max_len, D]
     n = len(pb.ids)
     R, S = pb.gather.shape
     h = F.embedding(pb.ids, embed)  # [n, d]
-    fused = kernels.causal_supports(h, D)  # CPU float32: attention in C, padding skipped
+    # CPU float32: RoPE and attention in one C kernel, padding skipped (block position t is
+    # position id t: a block is its prompt from position 0, then its completion)
+    fused = kernels.causal_supports(h, D)
+    if not fused:
+        cos, sin = cos_t[pb.pos][:, None], ssin_t[pb.pos][:, None]  # [n, 1, D]
     for layer in layers:
         att = layer.self_attn
         # one matmul for q/k/v, made from the parameters here so gradients reach each of them
@@ -237,12 +241,13 @@ def packed_hidden(base, pb: PackedBatch) -> Tensor:
         if getattr(att, "q_norm", None) is not None:  # Qwen3: per-head RMSNorm before RoPE
             q, k, v = qkv.split([H, Hkv, Hkv], 1)
             qkv = torch.cat([_rms(q, att.q_norm), _rms(k, att.k_norm), v], 1)
-        # RoPE on q and k, in place: the matmul keeps its input, not its output, for the backward
-        qkv[:, : H + Hkv] = _rotate_fast(qkv[:, : H + Hkv], cos, sin)
-        blocks = qkv.index_select(0, pb.gather.view(-1)).view(R, S, H + 2 * Hkv, D)
         if fused:
-            o = kernels.causal_attention(blocks.view(R, S, -1), pb.block_len, H, Hkv, att.scaling)
+            blocks = qkv.index_select(0, pb.gather.view(-1)).view(R, S, -1)
+            o = kernels.causal_attention(blocks, pb.block_len, H, Hkv, att.scaling, cos_t, ssin_t)
         else:
+            # RoPE on q and k in place: the matmul keeps its input, not its output, for backward
+            qkv[:, : H + Hkv] = _rotate_fast(qkv[:, : H + Hkv], cos, sin)
+            blocks = qkv.index_select(0, pb.gather.view(-1)).view(R, S, H + 2 * Hkv, D)
             q, k, v = blocks.transpose(1, 2).split([H, Hkv, Hkv], 1)  # [R, h, S, D]
             if S <= MATMUL_ATTENTION_MAX and q.device.type == "cpu":  # GPUs: SDPA's kernels
                 o = _causal_attention(q, k, v, att.scaling)
