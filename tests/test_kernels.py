@@ -198,3 +198,44 @@ def test_causal_head_dim_rule():
     assert not kernels.causal_supports(x, 12) and not kernels.causal_supports(x, 272)
     assert kernels.causal_supports(x, 64) == kernels.available()
     assert not kernels.causal_supports(x.double(), 64)
+
+
+# ----------------------------------------------------------------------- RMSNorm, SwiGLU
+@needs_kernels
+def test_rms_norm_hand_computed_and_gradients():
+    """Row (3, 4): mean square 12.5, eps 0 -> (3, 4) / sqrt(12.5); weight (2, 1) scales it."""
+    x = torch.tensor([[3.0, 4.0]])
+    r = 1 / math.sqrt(12.5)
+    assert kernels.rms_norm(x, None, 0.0)[0].tolist() == pytest.approx([3 * r, 4 * r], rel=1e-6)
+    w = torch.tensor([2.0, 1.0])
+    assert kernels.rms_norm(x, w, 0.0)[0].tolist() == pytest.approx([6 * r, 4 * r], rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((37, 3, 48), generator=g, dtype=torch.float64)
+    w = torch.randn(48, generator=g, dtype=torch.float64)
+    dy = torch.randn((37, 3, 48), generator=g, dtype=torch.float64)
+    grads = []
+    for fn, dt in ((kernels.rms_norm, torch.float32), (kernels.reference_rms_norm, torch.float64)):
+        xs, ws = x.to(dt).requires_grad_(), w.to(dt).requires_grad_()
+        y = fn(xs, ws, 1e-5)
+        grads.append((y, *torch.autograd.grad(y, (xs, ws), dy.to(dt))))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_swiglu_hand_computed_and_gradients():
+    """silu(1) * 2 = 2 / (1 + e^-1); a very negative gate gives 0, not nan."""
+    a = kernels.swiglu(torch.tensor([1.0, -200.0]), torch.tensor([2.0, 3.0]))
+    assert a[0].item() == pytest.approx(2 / (1 + math.exp(-1)), rel=1e-6)
+    assert a[1].item() == pytest.approx(0.0, abs=1e-30)
+    g = torch.Generator().manual_seed(1)
+    gate, up, da = (torch.randn((129, 40), generator=g, dtype=torch.float64) * 4 for _ in range(3))
+    res = []
+    for fn, dt in ((kernels.swiglu, torch.float32), (kernels.reference_swiglu, torch.float64)):
+        gs, us = gate.to(dt).requires_grad_(), up.to(dt).requires_grad_()
+        y = fn(gs, us)
+        res.append((y, *torch.autograd.grad(y, (gs, us), da.to(dt))))
+    for got, want in zip(*res):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="differ in shape"):
+        kernels.swiglu(torch.zeros(3), torch.zeros(4))

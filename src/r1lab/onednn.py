@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from r1lab import kernels
+
 #: smallest weight (in elements) worth oneDNN at decoding batch sizes. oneDNN costs ~16 us a
 #: call whatever the size, MKL ~3-8 us for a tiny matmul, so below this size (512 KB of float32)
 #: MKL wins or ties at M <= 16; above it oneDNN wins at every M >= 2 (measured, 2-core machine:
@@ -121,13 +123,15 @@ def swiglu(x: Tensor, gate_w: Tensor, gate_b: Tensor | None, up_w: Tensor,
 
     With no gradient to record (a reference model's forward) and oneDNN usable, SiLU is fused
     into the gate's matmul and the product into the up projection's: no elementwise passes over
-    the [tokens, intermediate] activations. Otherwise (training) it is two `linear`s and torch's
-    elementwise ops, whose autograd keeps what the backward needs.
+    the [tokens, intermediate] activations. Otherwise (training) it is two `linear`s and the
+    gate: on CPU in float32 `r1lab.kernels.swiglu` (one pass forward, one backward), elsewhere
+    torch's elementwise ops.
     """
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, gate_w, gate_b, up_w, up_b))
     if grad or not _eligible(x, gate_w):
-        return F.silu(linear(x, gate_w, gate_b)) * linear(x, up_w, up_b)
+        g, u = linear(x, gate_w, gate_b), linear(x, up_w, up_b)
+        return kernels.swiglu(g, u) if kernels.supports(g, u) else F.silu(g) * u
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     g = torch.ops.mkldnn._linear_pointwise(x2, gate_w.contiguous(), gate_b, "swish", [], "")
     y = torch.ops.mkldnn._linear_pointwise.binary(x2, g, up_w.contiguous(), up_b, "mul")

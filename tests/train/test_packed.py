@@ -72,7 +72,7 @@ def _hf_entropy(model, ids, attn, pos, L, temperature):
 def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind, attention, linears,
                                                              monkeypatch):
     """The three attention paths (CPU: the C kernel; without it, short blocks: matmuls, long:
-    SDPA), both linear paths (oneDNN, used on CPU for large weights, and torch), with gradients
+    SDPA, here also without the C RMSNorm and SwiGLU), both linear paths (oneDNN, used on CPU for large weights, and torch), with gradients
     and without (a reference model's forward, where oneDNN fuses SwiGLU)."""
     if attention == "kernel" and not kernels.available():
         pytest.skip(f"no C kernels here: {kernels.why_unavailable()}")
@@ -81,8 +81,9 @@ def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind, at
     monkeypatch.setattr(kernels, "causal_attention", lambda *a: used.append(1) or real(*a))
     if attention != "kernel":
         monkeypatch.setattr(kernels, "causal_supports", lambda x, head_dim: False)
-    if attention == "sdpa":
+    if attention == "sdpa":  # and no C kernel at all (RMSNorm, SwiGLU): the GPU's path
         monkeypatch.setattr(packed_module, "MATMUL_ATTENTION_MAX", 0)
+        monkeypatch.setattr(kernels, "supports", lambda *tensors: False)
     if linears == "onednn":
         monkeypatch.setattr(onednn, "MIN_PACKED_WEIGHT", 1)  # the micro model's weights are small
     else:

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 log = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_name(f) for f in ("decode_attention.c", "causal_attention.c")]
+SOURCES = [Path(__file__).with_name(f)
+           for f in ("decode_attention.c", "causal_attention.c", "elementwise.c")]
 #: -ffast-math lets gcc vectorise expf (glibc's libmvec); it is given to the compile step only,
 #: because linking a shared library with it (gcc < 13) would switch the whole process to
 #: flush-to-zero floats
@@ -118,6 +119,10 @@ def _load() -> None:
                                 i32, f32],
         "r1_causal_attention_fwd": [p, p, p, p, p, p, i32, i32, i32, i32, i32, f32],
         "r1_causal_attention_bwd": [p, p, p, p, p, p, p, p, i32, i32, i32, i32, i32, f32],
+        "r1_rms_norm_fwd": [p, p, f32, p, p, i64, i32],
+        "r1_rms_norm_bwd": [p, p, p, p, p, p, i64, i32],
+        "r1_swiglu_fwd": [p, p, p, i64],
+        "r1_swiglu_bwd": [p, p, p, p, p, i64],
     }
     for name, args in signatures.items():
         f = getattr(lib, name)
@@ -257,6 +262,87 @@ def reference_causal_attention(x: Tensor, lens: Tensor, heads: int, kv_heads: in
     return o.transpose(1, 2).reshape(R, S, H * D)
 
 
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+        d = x.shape[-1]
+        n = x.numel() // d
+        y = torch.empty_like(x)
+        rstd = x.new_empty(n) if any(ctx.needs_input_grad) else None
+        _lib.r1_rms_norm_fwd(x.data_ptr(), None if weight is None else weight.data_ptr(), eps,
+                             y.data_ptr(), None if rstd is None else rstd.data_ptr(), n, d)
+        if rstd is not None:
+            ctx.save_for_backward(x, weight, rstd)
+            ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            ref = reference_rms_norm(x, weight, ctx.eps)
+            inputs = (x,) if weight is None else (x, weight)
+            grads = torch.autograd.grad(ref, inputs, dy, create_graph=True)
+            return grads[0], (grads[1] if weight is not None else None), None
+        d = x.shape[-1]
+        dy = dy.contiguous()
+        dx = torch.empty_like(x)
+        dw = torch.empty_like(weight) if weight is not None and ctx.needs_input_grad[1] else None
+        _lib.r1_rms_norm_bwd(x.data_ptr(), None if weight is None else weight.data_ptr(),
+                             rstd.data_ptr(), dy.data_ptr(), dx.data_ptr(),
+                             None if dw is None else dw.data_ptr(), x.numel() // d, d)
+        return dx, dw, None
+
+
+def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    """RMSNorm over the last dim, `x / sqrt(mean(x^2) + eps) * weight` (no weight: unscaled),
+    one pass forward and one backward. Call only when `supports(x)`."""
+    x, weight = x.contiguous(), None if weight is None else weight.contiguous()
+    if torch.is_grad_enabled() and (x.requires_grad or weight is not None and weight.requires_grad):
+        return _RMSNorm.apply(x, weight, eps)
+    y = torch.empty_like(x)  # no graph to record (decoding): the kernel alone
+    _lib.r1_rms_norm_fwd(x.data_ptr(), None if weight is None else weight.data_ptr(), eps,
+                         y.data_ptr(), None, x.numel() // x.shape[-1], x.shape[-1])
+    return y
+
+
+def reference_rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return y if weight is None else y * weight
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g: Tensor, u: Tensor) -> Tensor:
+        a = torch.empty_like(g)
+        _lib.r1_swiglu_fwd(g.data_ptr(), u.data_ptr(), a.data_ptr(), g.numel())
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(g, u)
+        return a
+
+    @staticmethod
+    def backward(ctx, da: Tensor):
+        g, u = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return torch.autograd.grad(reference_swiglu(g, u), (g, u), da, create_graph=True)
+        da = da.contiguous()
+        dg, du = torch.empty_like(g), torch.empty_like(u)
+        _lib.r1_swiglu_bwd(g.data_ptr(), u.data_ptr(), da.data_ptr(), dg.data_ptr(),
+                           du.data_ptr(), g.numel())
+        return dg, du
+
+
+def swiglu(g: Tensor, u: Tensor) -> Tensor:
+    """silu(g) * u in one pass forward and one backward. Call only when `supports(g, u)`."""
+    if g.shape != u.shape:
+        raise ValueError(f"gate {tuple(g.shape)} and up {tuple(u.shape)} differ in shape")
+    return _SwiGLU.apply(g.contiguous(), u.contiguous())
+
+
+def reference_swiglu(g: Tensor, u: Tensor) -> Tensor:
+    return torch.nn.functional.silu(g) * u
+
+
 def _probe() -> str | None:
     """None when the kernels match their torch references on small GQA cases."""
     g = torch.Generator().manual_seed(0)
@@ -285,6 +371,17 @@ def _probe() -> str | None:
     if not (torch.allclose(got, want, rtol=1e-4, atol=1e-5)
             and torch.allclose(got_dx, want_dx, rtol=1e-4, atol=1e-5)):
         return "causal attention or its gradient differs"
+    x = torch.randn((3, 24), generator=g, requires_grad=True)
+    w, u = torch.randn(24, generator=g, requires_grad=True), torch.randn((3, 24), generator=g)
+    for fn, ref, args in ((rms_norm, reference_rms_norm, (w, 1e-6)),
+                          (swiglu, reference_swiglu, (u,))):
+        want, got = ref(x, *args), fn(x, *args)
+        if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+            return f"{fn.__name__} differs"
+        if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(
+                torch.autograd.grad(got.sum(), (x, w)[: 1 + (fn is rms_norm)]),
+                torch.autograd.grad(want.sum(), (x, w)[: 1 + (fn is rms_norm)]))):
+            return f"the gradient of {fn.__name__} differs"
     if torch.tensor(1e-40) * 1.0 == 0:  # a library must not switch the process to flush-to-zero
         return "denormal floats are flushed after loading the kernels"
     return None

@@ -125,7 +125,10 @@ class _Layer:
 
 def _unit_rms(x: Tensor, eps: Tensor) -> Tensor:
     """RMSNorm without its weight (float32): x / sqrt(|x|^2 / d + eps), eps a 0-d tensor.
-    4 kernels (the mean(x^2) form takes 6: square, sum, divide, add, rsqrt, multiply)."""
+    One C call on CPU (`r1lab.kernels.rms_norm`), else 4 torch kernels (the mean(x^2) form
+    takes 6: square, sum, divide, add, rsqrt, multiply)."""
+    if kernels.supports(x):
+        return kernels.rms_norm(x, None, eps.item())
     n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     return x * torch.addcmul(eps, n, n, value=1 / x.shape[-1]).rsqrt_()
 

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from r1lab import kernels
 from r1lab.onednn import linear, swiglu
-from r1lab.rollout.native import _cat, _rms, _rotate_fast, _signed_sin, native_support
+from r1lab.rollout.native import _cat, _eps, _rms, _rotate_fast, _signed_sin, native_support
 
 #: float32 logits elements held at once when turning logits into logprobs (256 MiB)
 LOGPROB_CHUNK_ELEMENTS = 1 << 26
@@ -231,16 +231,21 @@ def packed_hidden(base, pb: PackedBatch) -> Tensor:
     # CPU float32: RoPE and attention in one C kernel, padding skipped (block position t is
     # position id t: a block is its prompt from position 0, then its completion)
     fused = kernels.causal_supports(h, D)
+    c_norm = kernels.supports(h, base.norm.weight)  # RMSNorm in one C pass (each way)
+
+    def norm(x: Tensor, module) -> Tensor:
+        return kernels.rms_norm(x, module.weight, _eps(module)) if c_norm else _rms(x, module)
+
     if not fused:
         cos, sin = cos_t[pb.pos][:, None], ssin_t[pb.pos][:, None]  # [n, 1, D]
     for layer in layers:
         att = layer.self_attn
         # one matmul for q/k/v, made from the parameters here so gradients reach each of them
         w_qkv, b_qkv = _cat([att.q_proj, att.k_proj, att.v_proj])
-        qkv = linear(_rms(h, layer.input_layernorm), w_qkv, b_qkv).view(n, H + 2 * Hkv, D)
+        qkv = linear(norm(h, layer.input_layernorm), w_qkv, b_qkv).view(n, H + 2 * Hkv, D)
         if getattr(att, "q_norm", None) is not None:  # Qwen3: per-head RMSNorm before RoPE
             q, k, v = qkv.split([H, Hkv, Hkv], 1)
-            qkv = torch.cat([_rms(q, att.q_norm), _rms(k, att.k_norm), v], 1)
+            qkv = torch.cat([norm(q, att.q_norm), norm(k, att.k_norm), v], 1)
         if fused:
             blocks = qkv.index_select(0, pb.gather.view(-1)).view(R, S, -1)
             o = kernels.causal_attention(blocks, pb.block_len, H, Hkv, att.scaling, cos_t, ssin_t)
@@ -256,14 +261,14 @@ def packed_hidden(base, pb: PackedBatch) -> Tensor:
             o = o.transpose(1, 2)  # [R, S, H, D]
         o = o.reshape(R * S, H * D).index_select(0, pb.scatter)  # [n, H*D]
         h = linear(o, att.o_proj.weight, att.o_proj.bias, add=h)
-        h = _mlp(layer, h)
-    return _rms(h.index_select(0, pb.pred), base.norm)  # only the positions that predict
+        h = _mlp(layer, h, norm)
+    return norm(h.index_select(0, pb.pred), base.norm)  # only the positions that predict
 
 
-def _mlp(layer, h: Tensor) -> Tensor:
+def _mlp(layer, h: Tensor, norm) -> Tensor:
     """The layer's second half: h + down(swiglu(norm(h)))."""
     mlp = layer.mlp
-    x = _rms(h, layer.post_attention_layernorm)
+    x = norm(h, layer.post_attention_layernorm)
     act = swiglu(x, mlp.gate_proj.weight, mlp.gate_proj.bias, mlp.up_proj.weight, mlp.up_proj.bias)
     return linear(act, mlp.down_proj.weight, mlp.down_proj.bias, add=h)
 
