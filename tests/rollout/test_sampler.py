@@ -180,3 +180,31 @@ def test_rounded_batch_sizes_change_nothing(tokenizer, monkeypatch):
     assert torch.equal(rounded.lengths, exact.lengths) and rounded.finish_reasons == exact.finish_reasons
     torch.testing.assert_close(rounded.logprobs, exact.logprobs, rtol=0, atol=1e-5)
     assert 0 < int((rounded.lengths < 24).sum()) < 48  # rows did finish at different times
+
+
+def test_kept_kv_cache_changes_nothing(tokenizer, monkeypatch):
+    """On CPU the sampler keeps one KV-cache allocation between calls (no page faults on a fresh
+    mapping each call); a call with a larger batch grows it, and the samples equal a fresh
+    cache's."""
+    import r1lab.rollout.hf as hf_module
+
+    model = _model(tokenizer, "llama")
+    prompts = tokenizer(PROMPTS)["input_ids"]
+    params = SamplingParams(n=3, max_new_tokens=12, temperature=1.0, seed=5)
+    kept = HFSampler(model, tokenizer)
+    first = kept.generate(prompts, params)
+    storage = kept._kv_storage
+    assert storage is not None and storage.numel() == NativeDecoder.cache_elements(
+        model, len(prompts) * 3, max(len(p) for p in prompts) + 12)
+    again = kept.generate(prompts[:2], params)  # fewer rows: the same storage, written over
+    assert kept._kv_storage is storage
+    bigger = kept.generate(prompts, SamplingParams(n=5, max_new_tokens=12, temperature=1.0, seed=5))
+    assert kept._kv_storage.numel() > storage.numel()
+    monkeypatch.setattr(hf_module, "KV_KEEP_BYTES", 0)  # a fresh cache every call
+    fresh = HFSampler(model, tokenizer)
+    assert torch.equal(fresh.generate(prompts, params).completion_ids, first.completion_ids)
+    assert torch.equal(fresh.generate(prompts[:2], params).completion_ids, again.completion_ids)
+    assert torch.equal(fresh.generate(prompts, SamplingParams(n=5, max_new_tokens=12, temperature=1.0,
+                                                              seed=5)).completion_ids,
+                       bigger.completion_ids)
+    assert fresh._kv_storage is None

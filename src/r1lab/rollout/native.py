@@ -177,7 +177,9 @@ class NativeDecoder:
     `keep(rows)` drops the other rows from the cache.
     """
 
-    def __init__(self, model, rows: int, max_len: int) -> None:
+    def __init__(self, model, rows: int, max_len: int, storage: Tensor | None = None) -> None:
+        """`storage`: a flat tensor of the model's dtype and device to hold the KV cache in, if
+        it is large enough (`cache_elements`), instead of a new allocation."""
         cfg, base = model.config, model.model
         self.embed = base.embed_tokens.weight
         self.norm, head = base.norm, model.lm_head.weight
@@ -198,7 +200,11 @@ class NativeDecoder:
         self.cos, self.sin = cos[0].to(dt), _signed_sin(sin[0].to(dt))  # [S, D]
         n_layers = len(self.layers)
         # k and v of every layer in one tensor, so dropping rows is one copy: [2, layers, A, Hkv, S, D]
-        self.kv = torch.empty((2, n_layers, rows, self.Hkv, max_len, self.D), device=dev, dtype=dt)
+        shape = (2, n_layers, rows, self.Hkv, max_len, self.D)
+        if storage is not None and storage.numel() >= self.cache_elements(model, rows, max_len):
+            self.kv = storage[: self.cache_elements(model, rows, max_len)].view(shape)
+        else:
+            self.kv = torch.empty(shape, device=dev, dtype=dt)
         self.neg = torch.finfo(dt).min
         self.bias = torch.full((rows, 1, 1, max_len), self.neg, device=dev, dtype=dt)  # key mask
         # one-token steps through the fused C kernel (RoPE + cache write + attention) where it runs
@@ -206,6 +212,12 @@ class NativeDecoder:
         self.len = 0  # positions filled in the cache
         self.max_len = max_len
         self.n_params = sum(p.numel() for p in model.parameters())
+
+    @staticmethod
+    def cache_elements(model, rows: int, max_len: int) -> int:
+        """Elements of the KV cache for `rows` sequences of up to `max_len` tokens."""
+        cfg, a = model.config, model.model.layers[0].self_attn
+        return 2 * cfg.num_hidden_layers * rows * cfg.num_key_value_heads * max_len * a.head_dim
 
     # ------------------------------------------------------------------ forward
     def _forward(self, ids: Tensor, pos: Tensor, attn_bias: Tensor) -> Tensor:
