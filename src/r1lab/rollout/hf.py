@@ -15,6 +15,8 @@ forward over the same weights and a pre-allocated cache; other models through th
 
 from __future__ import annotations
 
+import inspect
+
 import time
 
 import torch
@@ -225,10 +227,13 @@ class _HFForward:
 
         self.model = model
         self.cache = DynamicCache(config=model.config)
+        # transformers >= 5.24 names the cache argument `cache` (`past_key_values` is deprecated)
+        params = inspect.signature(model.forward).parameters
+        self.cache_arg = {"cache" if "cache" in params else "past_key_values": self.cache}
 
     def prefill(self, ids, mask, pos, repeat: int = 1) -> torch.Tensor:
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         logits_to_keep=1, **self.cache_arg)
         if repeat > 1:
             self.cache.batch_repeat_interleave(repeat)
         self.mask = mask.repeat_interleave(repeat, 0)  # [N, L]
@@ -237,7 +242,7 @@ class _HFForward:
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.mask), 1))], 1)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.mask,
-                         position_ids=positions[:, None], past_key_values=self.cache, use_cache=True)
+                         position_ids=positions[:, None], use_cache=True, **self.cache_arg)
         return out.logits[:, -1]  # [A, V]
 
     def worth_compacting(self, dead: int, alive: int, steps_left: int) -> bool:
