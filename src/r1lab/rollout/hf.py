@@ -16,7 +16,6 @@ forward over the same weights and a pre-allocated cache; other models through th
 from __future__ import annotations
 
 import inspect
-
 import time
 
 import torch
