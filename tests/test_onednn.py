@@ -68,10 +68,13 @@ def test_probe_accepts_this_build_and_the_switch_turns_it_off():
     assert run(env | {"R1LAB_ONEDNN": "0"}) == "False"
 
 
+@pytest.mark.parametrize("wgrad", ["mkl", "onednn"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_linear_with_autograd_equals_f_linear(path, bias):
+def test_linear_with_autograd_equals_f_linear(path, bias, wgrad, monkeypatch):
     """Values and every gradient (input, weight, bias, residual) of `linear` against F.linear,
-    including a 3-D input and an in-place edit of the output (as RoPE does to q/k/v)."""
+    including a 3-D input and an in-place edit of the output (as RoPE does to q/k/v); the weight
+    gradient by MKL and by oneDNN's backward-weights primitive."""
+    monkeypatch.setattr(onednn, "_wgrad", wgrad == "onednn")
     g = torch.Generator().manual_seed(1)
     leaves = [torch.randn(s, generator=g, dtype=torch.float64) for s in ((2, 9, 40), (48, 40), (48,), (2, 9, 48))]
     up = torch.randn((2, 9, 48), generator=g, dtype=torch.float64)
@@ -106,3 +109,30 @@ def test_second_order_gradients_equal_the_torch_ones(path):
         out.append(torch.autograd.grad(gx.square().sum(), [x, w]))
     for got, want in zip(*out):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_weight_gradient_by_onednn_by_hand():
+    """g^T x and the bias gradient through oneDNN's backward-weights primitive, by hand:
+    g = [[1, 2], [3, 4], [0, -1]], x = [[1, 0, 2], [0, 1, 1], [5, 5, 5]] ->
+    g^T x = [[1*1 + 3*0 + 0*5, 1*0 + 3*1 + 0*5, 1*2 + 3*1 + 0*5],
+             [2*1 + 4*0 - 1*5, 2*0 + 4*1 - 1*5, 2*2 + 4*1 - 1*5]] = [[1, 3, 5], [-3, -1, 3]];
+    bias gradient = column sums of g = [4, 5]."""
+    g = torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.0, -1.0]])
+    x = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0], [5.0, 5.0, 5.0]])
+    gw, gb = onednn._weight_grad(g, x, torch.zeros(2, 3), True)
+    assert torch.equal(gw, torch.tensor([[1.0, 3.0, 5.0], [-3.0, -1.0, 3.0]]))
+    assert torch.equal(gb, torch.tensor([4.0, 5.0]))
+    assert onednn._weight_grad(g, x, torch.zeros(2, 3), False)[1] is None
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_weight_gradient_choice_is_timed_once_and_can_be_forced():
+    code = "import r1lab.onednn as o; a = o.weight_grad_by_onednn(); print(a, o.weight_grad_by_onednn() is a)"
+    env = {k: v for k, v in os.environ.items() if k not in ("R1LAB_ONEDNN", "R1LAB_ONEDNN_WGRAD")}
+    run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True,  # noqa: E731
+                                   text=True, check=True).stdout.split()
+    assert run(env | {"R1LAB_ONEDNN_WGRAD": "1"}) == ["True", "True"]
+    assert run(env | {"R1LAB_ONEDNN_WGRAD": "0"}) == ["False", "True"]
+    assert run(env | {"R1LAB_ONEDNN_WGRAD": "1", "R1LAB_ONEDNN": "0"}) == ["False", "True"]
+    assert run(env)[0] in ("True", "False") and run(env)[1] == "True"  # timed: either, once

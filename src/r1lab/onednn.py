@@ -34,6 +34,7 @@ from r1lab import kernels
 #: [M=8] 128x512 weight 24 vs 35 us, 256x768 58 vs 31 us, 896x1152 202 vs 94 us, MKL vs oneDNN)
 MIN_PACKED_WEIGHT = 1 << 17
 _usable: bool | None = None
+_wgrad: bool | None = None
 
 
 def onednn_usable() -> bool:
@@ -105,6 +106,48 @@ class Linear:
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, self.bias, "mul")
         return F.linear(x, self.weight, self.bias) * other
+
+
+def weight_grad_by_onednn() -> bool:
+    """Whether a training linear's weight gradient (g^T x) goes through oneDNN's
+    backward-weights primitive rather than MKL's sgemm: decided once per process by timing both
+    on a training-sized shape (~50 ms), because the faster one depends on the CPU. On the 2-core
+    AMD Zen 5 benchmark machine MKL takes an AVX2 path (~200 GFLOP/s) and oneDNN runs AVX-512
+    (~300 GFLOP/s incl. its layout conversions, 1.5x); on the previous (round 3) machine MKL
+    was the faster. `R1LAB_ONEDNN_WGRAD=1` / `=0` forces oneDNN / MKL."""
+    global _wgrad
+    if _wgrad is None:
+        forced = os.environ.get("R1LAB_ONEDNN_WGRAD")
+        _wgrad = onednn_usable() and (forced == "1" if forced in ("0", "1") else _wgrad_faster())
+    return _wgrad
+
+
+def _weight_grad(g: Tensor, x: Tensor, w: Tensor, bias: bool) -> tuple[Tensor, Tensor | None]:
+    """(g^T x, g summed over rows or None) through oneDNN: g [M, out], x [M, in], w [out, in]."""
+    gw, gb = torch.ops.aten.mkldnn_linear_backward_weights(g.to_mkldnn(), x.to_mkldnn(), w, bias)
+    return gw, (gb if bias else None)
+
+
+def _wgrad_faster() -> bool:
+    import time
+
+    try:
+        gen = torch.Generator().manual_seed(0)
+        g, x, w = (torch.randn(s, generator=gen) for s in ((2048, 1024), (2048, 256), (1024, 256)))
+        want = g.t() @ x
+        got, gb = _weight_grad(g, x, w, True)
+        if not (torch.allclose(got, want, rtol=1e-4, atol=1e-3)
+                and torch.allclose(gb, g.sum(0), rtol=1e-4, atol=1e-3)):
+            return False
+        best = {"mkl": float("inf"), "onednn": float("inf")}
+        for _ in range(4):  # interleaved, best of 4 each: load changes hit both
+            for name, fn in (("mkl", lambda: g.t() @ x), ("onednn", lambda: _weight_grad(g, x, w, False))):
+                t = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - t)
+        return best["onednn"] < 0.9 * best["mkl"]
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
 
 
 def _eligible(x: Tensor, weight: Tensor) -> bool:
@@ -181,9 +224,12 @@ class _OneDNNLinear(torch.autograd.Function):
                 gx = g @ w
             else:
                 gx = torch.ops.mkldnn._linear_pointwise(g, w.t().contiguous(), None, "none", [], "")
-        if ctx.needs_input_grad[1]:
+        want_gb = ctx.flags[0] and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] and not torch.is_grad_enabled() and weight_grad_by_onednn():
+            gw, gb = _weight_grad(g, x, w, want_gb)
+        elif ctx.needs_input_grad[1]:
             gw = g.t() @ x
-        if ctx.flags[0] and ctx.needs_input_grad[2]:
+        if want_gb and gb is None:
             gb = g.sum(0)
         if ctx.flags[1] and ctx.needs_input_grad[3]:
             gadd = grad
