@@ -191,3 +191,141 @@ def test_without_namespaces_it_warns_loudly_and_still_contains_a_fork_bomb(capsy
     assert r.isolated is False and r.timed_out
     assert "namespaces unavailable" in capsys.readouterr().err
     assert sandbox_processes() == []
+
+
+# ------------------------------------------------------------------ without root (a workstation)
+NOBODY = 65534
+_CALLER = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("r1sandbox", sys.argv[1])
+sb = importlib.util.module_from_spec(spec)
+sys.modules["r1sandbox"] = sb
+spec.loader.exec_module(sb)  # the sandbox module is standard library only
+r = sb.run_python(sys.stdin.read(), sb.Limits(wall_s=float(sys.argv[2]), cpu_s=3, memory_bytes=512 << 20,
+                                              processes=16, output_bytes=64 << 10))
+print(json.dumps({"isolated": r.isolated, "timed_out": r.timed_out, "rc": r.returncode,
+                  "out": r.stdout.decode(errors="replace"), "err": r.stderr.decode(errors="replace")}))
+"""
+
+
+def nobody_processes() -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and d.stat().st_uid == NOBODY:
+                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                pids += [int(d.name)] if state not in "ZX" else []
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.fixture
+def as_nobody():
+    """run_python(source) called by a process of uid/gid 65534, as on a workstation without root.
+    Needs root here (to become that uid), user namespaces, and an interpreter and a copy of the
+    sandbox module that uid can read."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from r1lab.rewards import sandbox
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a caller as uid 65534")
+    if int(Path("/proc/sys/user/max_user_namespaces").read_text()) == 0:
+        pytest.skip("user namespaces are disabled on this host")
+    home = Path(tempfile.mkdtemp(prefix="r1lab-nobody-"))
+    home.chmod(0o755)
+    for name in ("sandbox.py", "_sandbox_init.py"):
+        shutil.copy(Path(sandbox.__file__).with_name(name), home / name)
+        (home / name).chmod(0o644)
+    (home / "caller.py").write_text(_CALLER)
+    (home / "caller.py").chmod(0o644)
+
+    def run(args, **kw):
+        return subprocess.run(args, user=NOBODY, group=NOBODY, extra_groups=[], cwd="/",
+                              capture_output=True, text=True, timeout=60, **kw)
+
+    python = None
+    for cand in (sys.executable, getattr(sys, "_base_executable", None), "/usr/bin/python3"):
+        try:
+            ok = cand and run([cand, "-c", "import sys; assert sys.version_info >= (3, 9)"])
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if ok and ok.returncode == 0:
+            python = cand
+            break
+    if python is None:
+        shutil.rmtree(home)
+        pytest.skip("no Python interpreter that uid 65534 can execute")
+
+    def call(source: str, wall_s: float = 5.0) -> dict:
+        out = run([python, str(home / "caller.py"), str(home / "sandbox.py"), str(wall_s)], input=source)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.splitlines()[-1])
+
+    yield call
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_without_root_a_user_namespace_confines_the_run(as_nobody):
+    """Write, network, namespace-escape and capability attacks from code run by a non-root caller."""
+    target = Path(os.getcwd()) / f".r1lab-nobody-target-{os.getpid()}"
+    target.mkdir(mode=0o777)
+    target.chmod(0o777)  # the caller's uid may write here: only the read-only mount stops the code
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.2)
+    try:
+        r = as_nobody(f"""
+import ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+print("pid", os.getpid())
+print([l.split()[1] for l in open("/proc/self/status") if l.startswith(("CapEff", "CapPrm", "CapBnd"))])
+for p in [{str(target / "pwned")!r}, "/tmp/in_private_tmp"]:
+    try:
+        open(p, "w").write("x"); print("wrote", p)
+    except OSError as e:
+        print("blocked", p)
+try:
+    socket.create_connection(("127.0.0.1", {server.getsockname()[1]}), timeout=1); print("connected")
+except OSError:
+    print("network blocked")
+print("umount", libc.umount2(b"/tmp", 2))
+print("mount", libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
+""")
+        with pytest.raises(TimeoutError):
+            server.accept()
+    finally:
+        server.close()
+        leaked = (target / "pwned").exists()
+        (target / "pwned").unlink(missing_ok=True)
+        target.rmdir()
+    assert not leaked
+    assert r["isolated"] and r["rc"] == 0, r
+    assert r["out"].splitlines() == [
+        "pid 1",  # PID 1 of its own pid namespace
+        "['0000000000000000', '0000000000000000', '0000000000000000']",  # no capability at all
+        f"blocked {target / 'pwned'}",  # the host file system is read-only
+        "wrote /tmp/in_private_tmp",  # into a private tmpfs that vanishes with the run
+        "network blocked",
+        "umount -1",  # the mounts cannot be undone
+        "mount -1",
+    ], r
+    assert not Path("/tmp/in_private_tmp").exists()
+
+
+def test_without_root_a_fork_bomb_and_daemons_die_with_the_run(as_nobody):
+    before = set(nobody_processes())  # anything else of that uid on the host is not ours
+    r = as_nobody("import os, time\n"
+                  "if os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+                  "while True:\n    try: os.fork()\n    except OSError: pass", wall_s=1.5)
+    assert r["isolated"] and r["timed_out"], r
+    deadline = time.monotonic() + 3
+    while set(nobody_processes()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(nobody_processes()) - before == set()

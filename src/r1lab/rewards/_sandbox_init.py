@@ -1,9 +1,13 @@
-"""Runs as root inside a fresh session: confine this process, then execute the source from stdin.
+"""Runs inside a fresh session: confine this process, then execute the source from stdin.
 
 Started by `r1lab.rewards.sandbox.run_python` as `python -I -B _sandbox_init.py CONFIG_JSON`;
 standard library only, because it runs before anything is confined and must not import r1lab.
-Order matters: namespaces and mounts need root, so the uid is dropped last, just before the
-untrusted code runs (in this same interpreter, to save a second start-up).
+Order matters: namespaces and mounts need privilege, so it is given up last, just before the
+untrusted code runs (in this same interpreter, to save a second start-up). As root the process
+drops to the run's own uid. Without root it first enters a new user namespace (its uid mapped
+to root there, which is what lets it create the other namespaces and mounts), and at the end
+drops every capability, for good (bounding set emptied, securebits locked), so the code cannot
+undo the mounts.
 """
 
 import contextlib
@@ -15,10 +19,16 @@ import signal
 import sys
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000000, 0x40000000, 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 47, 4
+#: securebits: no root privileges on exec, no fixups on uid changes, no ambient raise; each locked
+SECUREBITS_LOCKED_DOWN = 0b11101111
+#: statvfs f_flag bits -> mount flags a remount must keep (a mount inherited into a user
+#: namespace is locked: dropping one of these flags fails with EPERM)
+ST_TO_MS = {1: 1, 2: 2, 4: 4, 8: 8, 1024: 1024, 2048: 2048, 4096: 1 << 21}
 WRITABLE = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"]  # world-writable on most hosts
 HIDDEN = ["/root", "/home"]  # other users' files: hidden behind an empty tmpfs
 
@@ -36,6 +46,14 @@ def _mount(src, target, fstype, flags, data=None) -> None:
     _check(libc.mount(enc[0], enc[1], enc[2], flags, enc[3]), f"mount {target}")
 
 
+def _kept_flags(path: str) -> int:
+    try:
+        f = os.statvfs(path).f_flag
+    except OSError:
+        return 0
+    return sum(ms for st, ms in ST_TO_MS.items() if f & st)
+
+
 def _mount_points() -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line.split()[4].replace("\\040", " ") for line in f]
@@ -49,7 +67,7 @@ def confine_filesystem(keep: list[str]) -> str:
             continue
         # a mount we may not touch (locked) stays as it is; the uid drop still protects its files
         with contextlib.suppress(OSError):
-            _mount(None, mp, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            _mount(None, mp, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | _kept_flags(mp))
     tmpfs = MS_NOSUID | MS_NODEV
     for d in WRITABLE:
         if os.path.isdir(d):
@@ -63,11 +81,41 @@ def confine_filesystem(keep: list[str]) -> str:
         for k, fd in fds:  # the interpreter may live under /root (pyenv): put it back, read-only
             os.makedirs(k, exist_ok=True)
             _mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
-            _mount(None, k, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            _mount(None, k, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | _kept_flags(k))
             os.close(fd)
         _mount(None, d, None, MS_REMOUNT | MS_RDONLY | tmpfs | MS_NOEXEC, "size=1m,mode=755")
     os.makedirs("/tmp/work", mode=0o700)
     return "/tmp/work"
+
+
+def enter_user_namespace(flags: int, uid: int, gid: int) -> None:
+    """unshare a user namespace with the other namespaces; this uid/gid becomes 0 inside it."""
+    _check(libc.unshare(flags | CLONE_NEWUSER), "unshare (user namespace)")
+    for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"0 {uid} 1"),
+                       ("/proc/self/gid_map", f"0 {gid} 1")):
+        with open(path, "w") as f:
+            f.write(text)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def drop_all_capabilities() -> None:
+    """No capability now or after any exec: securebits locked, bounding and ambient sets emptied,
+    effective/permitted/inheritable cleared (in that order: the first two need CAP_SETPCAP)."""
+    _check(libc.prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN, 0, 0, 0), "securebits")
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break  # EINVAL past the last capability this kernel knows
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    _check(libc.capset(ctypes.byref(header), data), "capset")
 
 
 def set_limits(lim: dict) -> None:
@@ -84,10 +132,16 @@ def main() -> None:
     source = sys.stdin.buffer.read()
     uid, workdir = cfg["uid"], cfg.get("workdir")
     isolated = False
+    userns = cfg.get("userns") is not None  # not root: namespaces under a user namespace
+    in_userns = False
     if cfg["namespaces"]:
         flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
         try:
-            _check(libc.unshare(flags), "unshare")
+            if userns:
+                enter_user_namespace(flags, *cfg["userns"])
+                in_userns = True
+            else:
+                _check(libc.unshare(flags), "unshare")
             workdir = confine_filesystem(cfg["keep"])
             isolated = True
         except OSError as e:
@@ -106,6 +160,8 @@ def main() -> None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+    elif in_userns:
+        drop_all_capabilities()
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")  # after setuid
     os.chdir(workdir)

@@ -1,6 +1,6 @@
 """Run untrusted Python (code written by the model) confined, and always clean up after it.
 
-What a run gets (as root, the usual case in CI and containers):
+What a run gets (as root, the usual case in CI and containers; without root, see below):
 
 * its own session and process group, and a fresh pid namespace whose PID 1 is the code: when it
   ends, the kernel kills every process it left behind (threads, daemons, `setsid` escapees);
@@ -21,8 +21,17 @@ world-readable host files outside the hidden dirs (e.g. /etc/passwd, the r1lab s
 memory-bandwidth contention with the host; anything a run prints being trusted by the caller
 (the code reward judges results itself). Where namespaces are not available (unprivileged
 containers, some CI), the run still gets its uid, rlimits, timeout and kill-by-uid, but *can*
-reach the network and write to world-writable dirs: a loud warning says so. Without root there is
-no uid to drop to: the limits then apply to the caller's own uid, also with a warning.
+reach the network and write to world-writable dirs: a loud warning says so.
+
+Without root (a workstation) the same namespaces and mounts are made inside a new user
+namespace, where the caller's uid is mapped to root; before the code runs, every capability is
+dropped for good (bounding set emptied, securebits locked), so it cannot undo the mounts. It
+then runs under the caller's own uid, which has two consequences, each warned about once:
+RLIMIT_NPROC counts all of the caller's processes (a fork bomb is still stopped, and the pid
+namespace kills whatever it left), and there is no private uid: files the caller can read and
+that the mounts do not hide (outside /home, /root, /tmp) are readable. Where user namespaces
+are disabled (`kernel.unprivileged_userns_clone=0`, some AppArmor profiles) the run falls back
+to rlimits, timeout and the process group kill, with the loud warning above.
 """
 
 from __future__ import annotations
@@ -96,13 +105,15 @@ def run_python(source: str, limits: Limits = Limits(), namespaces: bool = True) 
     is_root = os.geteuid() == 0
     uid = _UID_BASE + (os.getpid() * 4096 + next(_counter)) % _UID_SPAN if is_root else None
     if not is_root:
-        _warn_once("uid", "r1lab sandbox: not root, cannot drop to a private uid; a fork bomb is "
-                   "limited only by RLIMIT_NPROC on your own uid")  # fmt: skip
+        _warn_once("uid", "r1lab sandbox: not root, so the code runs under your own uid (in a user "
+                   "namespace where available); a fork bomb is limited by RLIMIT_NPROC on your "
+                   "uid, and your other processes count against it")  # fmt: skip
     workdir = tempfile.mkdtemp(prefix="r1lab-sandbox-")
     cfg = {
         "uid": uid,
+        "userns": None if is_root else [os.geteuid(), os.getegid()],
         "workdir": workdir,
-        "namespaces": namespaces and is_root,
+        "namespaces": namespaces,
         "keep": _keep_paths(),
         "limits": {k: getattr(limits, k) for k in ("cpu_s", "memory_bytes", "file_bytes")}
         | {"open_files": limits.open_files, "processes": limits.processes},
