@@ -1,3 +1,4 @@
+import threading
 import time
 from types import SimpleNamespace
 
@@ -20,6 +21,29 @@ def boom(completion, row, **kwargs):
 def sleepy(completion, row, **kwargs):
     time.sleep(float(completion))
     return Score(1.0)
+
+
+@REWARDS.register("test_spin")
+def spin(completion, row, **kwargs):
+    """Hangs in pure Python when asked to, swallowing every Exception on the way."""
+    n = 0
+    while completion == "spin":
+        try:  # noqa: SIM105 - the point: a loop that swallows Exception
+            n += 1
+        except Exception:
+            pass
+    return Score(1.0)
+
+
+def reward_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("reward") and t.is_alive()]
+
+
+def wait_until(cond, seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return cond()
 
 
 def test_weighted_sum_and_components():
@@ -86,3 +110,44 @@ def test_fast_path_128_completions():
     b = c(texts, rows)
     assert time.perf_counter() - start < 0.1
     assert b.total == [1.5] * 128
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_spinning_reward_is_stopped_and_scores_zero(workers):
+    """A pure-Python infinite loop that catches Exception: cut off after timeout_s, its thread
+    stopped (not left burning CPU), the other samples scored, the errors counted."""
+    before = set(reward_threads())
+    c = RewardComposer([{"name": "test_spin"}], workers=workers, timeout_s=0.3)
+    start = time.monotonic()
+    b = c(["spin", "ok", "spin", "ok"], [{}] * 4)
+    assert time.monotonic() - start < 0.3 * 2 + 1.5  # each of the two hangs costs timeout_s
+    assert b.total == [0.0, 1.0, 0.0, 1.0] and b.errors == 2 and b.metrics["errors/test_spin"] == 2
+    c.close()
+    assert wait_until(lambda: set(reward_threads()) - before == set())
+
+
+def test_a_reward_stuck_in_c_code_is_abandoned_and_the_batch_goes_on():
+    """time.sleep cannot be interrupted: the sequential path leaves that thread behind and scores
+    the rest of the batch on a new one, within timeout_s + the grace period."""
+    from r1lab.rewards.compose import GRACE_S
+
+    c = RewardComposer([{"name": "test_sleepy"}], workers=1, timeout_s=0.3)
+    start = time.monotonic()
+    b = c(["0", "3", "0", "0"], [{}] * 4)
+    assert time.monotonic() - start < 0.3 + GRACE_S + 0.7
+    assert b.total == [1.0, 0.0, 1.0, 1.0] and b.errors == 1
+    b2 = c(["0", "0"], [{}] * 2)  # the next batch is not held up by the abandoned thread
+    assert b2.total == [1.0, 1.0] and b2.errors == 0
+
+
+def test_hung_jobs_do_not_exhaust_the_parallel_pool():
+    """Two jobs stuck in C code hold both threads of a 2-worker pool; the next batch still runs
+    (on a fresh pool) instead of timing out job after job."""
+    c = RewardComposer([{"name": "test_sleepy"}], workers=2, timeout_s=0.3)
+    b1 = c(["3", "3", "0"], [{}] * 3)
+    assert b1.total == [0.0, 0.0, 1.0] and b1.errors == 2
+    start = time.monotonic()
+    b2 = c(["0", "0", "0"], [{}] * 3)
+    assert b2.total == [1.0, 1.0, 1.0] and b2.errors == 0
+    assert time.monotonic() - start < 0.3
+    c.close()

@@ -3,12 +3,16 @@
 A reward that raises or times out scores 0 for that sample and is counted in `errors` (and
 logged once per component and error type): a bad sample never crashes a run.
 
-With `workers=1` (the default) everything runs in the calling thread, with no thread or process
-started: scoring a batch of short math completions costs a few milliseconds. Time limits are
-then the rewards' own (math-verify's alarm, the code sandbox's wall clock). With `workers>1` a
-thread pool runs (sample, component) jobs in parallel: the code sandbox waits on subprocesses,
-so threads give real parallelism there, and each job is also cut off after `timeout_s` (a timed
-out Python thread cannot be killed; it is abandoned and its result ignored).
+Every (sample, component) job is cut off after `timeout_s`. With `workers=1` (the default) the
+batch's jobs run one after another on one helper thread while the calling thread watches the
+clock: scoring a batch of short math completions costs a few milliseconds. With `workers>1` a
+thread pool runs them in parallel (the code sandbox waits on subprocesses, so threads give real
+parallelism there). A job past its time gets a `RewardTimeout` raised inside it (delivered
+between Python bytecodes: a pure-Python loop stops, even one that catches `Exception`). A job
+stuck inside a C call (a long `time.sleep`, a blocking read) cannot be interrupted: its thread
+is abandoned, it scores 0, and the batch goes on in a fresh thread (the pool is replaced), so a
+hung reward never stalls scoring. Rewards that must never be abandoned should bound their own
+time, as the code sandbox does with its wall clock and math-verify with its timeouts.
 
 >>> composer = RewardComposer([{"name": "accuracy", "weight": 1.0}, {"name": "format", "weight": 0.5}])
 >>> batch = composer(["<think>3+5=8</think><answer>8</answer>", "8"], [{"answer": "8"}] * 2)
@@ -18,7 +22,9 @@ out Python thread cannot be killed; it is abandoned and its result ignored).
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -28,6 +34,21 @@ from typing import Any
 from r1lab.rewards.base import RewardFn, Score, get_reward
 
 log = logging.getLogger(__name__)
+
+#: how long a timed-out job gets to stop after `RewardTimeout` is raised in it, before its
+#: thread is abandoned
+GRACE_S = 0.5
+
+
+class RewardTimeout(BaseException):
+    """Raised inside a reward job that ran past `timeout_s`. A BaseException, so a reward's own
+    `except Exception` does not swallow it."""
+
+
+def _raise_in(thread_id: int | None) -> None:
+    """Raise `RewardTimeout` in the thread `thread_id` at its next bytecode boundary."""
+    if thread_id is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(RewardTimeout))
 
 
 @dataclass
@@ -84,7 +105,7 @@ class RewardComposer:
             raise ValueError(f"{len(completions)} completions but {len(rows)} rows")
         jobs = [(i, c) for i in range(len(completions)) for c in self.components]
         if self.workers == 1:
-            scores = [self._safe(c, completions[i], rows[i]) for i, c in jobs]
+            scores = self._sequential(jobs, completions, rows)
         else:
             scores = self._parallel(jobs, completions, rows)
         return self._collect(len(completions), jobs, scores)
@@ -102,33 +123,99 @@ class RewardComposer:
             self._logged.add((label, kind))
             log.warning("reward %r failed (%s: %s); scored 0 and counted", label, kind, e)
 
-    def _parallel(self, jobs, completions, rows) -> list[Score | None]:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="reward")
-        started: dict[int, float] = {}
-
-        def run(k: int, comp: _Component, i: int) -> Score | None:
-            started[k] = time.monotonic()
-            return self._safe(comp, completions[i], rows[i])
-
-        futures: dict[Future, int] = {
-            self._pool.submit(run, k, c, i): k for k, (i, c) in enumerate(jobs)
-        }
+    def _sequential(self, jobs, completions, rows) -> list[Score | None]:
+        """The jobs in order on a helper thread, the calling thread timing each."""
         scores: list[Score | None] = [None] * len(jobs)
-        rounds = -(-len(jobs) // self.workers)
-        give_up = time.monotonic() + self.timeout_s * (rounds + 1)
+        first = 0
+        while first < len(jobs):
+            first = self._run_from(first, jobs, completions, rows, scores)
+        return scores
+
+    def _run_from(self, first: int, jobs, completions, rows, scores: list[Score | None]) -> int:
+        """Run jobs[first:] on a new thread; len(jobs) when it got through them, else the job
+        to go on from (its thread was abandoned, stuck in a job past its time)."""
+        state: dict[str, Any] = {"k": first, "start": time.monotonic(), "thread": None, "abandoned": False}
+        finished = threading.Event()
+
+        def work() -> None:
+            state["thread"] = threading.get_ident()
+            try:
+                for k in range(first, len(jobs)):
+                    if state["abandoned"]:
+                        return
+                    state["k"], state["start"] = k, time.monotonic()
+                    i, comp = jobs[k]
+                    try:
+                        score = self._safe(comp, completions[i], rows[i])
+                    except RewardTimeout:
+                        score = None
+                    if not state["abandoned"]:
+                        scores[k] = score
+                state["k"] = len(jobs)
+            except RewardTimeout:  # arrived between two jobs: the caller goes on after this one
+                pass
+            finally:
+                finished.set()
+
+        threading.Thread(target=work, name="reward", daemon=True).start()
+        while not finished.wait(0.01):
+            k, start = state["k"], state["start"]
+            if time.monotonic() - start <= self.timeout_s:
+                continue
+            self._log_error(jobs[k][1].label, "timeout")
+            _raise_in(state["thread"])
+            deadline = time.monotonic() + GRACE_S
+            while state["k"] == k and not finished.is_set() and time.monotonic() < deadline:
+                time.sleep(0.002)
+            if state["k"] == k and not finished.is_set():  # stuck in C code
+                state["abandoned"] = True
+                return k + 1
+        return len(jobs) if state["k"] >= len(jobs) else state["k"] + 1
+
+    def _parallel(self, jobs, completions, rows) -> list[Score | None]:
+        scores: list[Score | None] = [None] * len(jobs)
+        started: dict[int, float] = {}
+        threads: dict[int, int] = {}
+
+        def run(k: int) -> Score | None:
+            started[k], threads[k] = time.monotonic(), threading.get_ident()
+            i, comp = jobs[k]
+            try:
+                return self._safe(comp, completions[i], rows[i])
+            except RewardTimeout:
+                return None
+
+        def submit(ks) -> dict[Future, int]:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="reward")
+            return {self._pool.submit(run, k): k for k in ks}
+
+        futures = submit(range(len(jobs)))
         pending = set(futures)
+        stopping: dict[Future, float] = {}  # timed out, RewardTimeout raised: when to give up on it
         while pending:
-            done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=0.01, return_when=FIRST_COMPLETED)
             for f in done:
+                stopping.pop(f, None)
                 scores[futures[f]] = f.result()
             now = time.monotonic()
             for f in list(pending):
                 k = futures[f]
-                if now - started.get(k, now) > self.timeout_s or now > give_up:
-                    f.cancel()
-                    pending.discard(f)
+                if f in stopping:
+                    if now > stopping[f]:  # stuck in C code: leave its thread behind, and
+                        del stopping[f]    # move the jobs not started yet to a fresh pool
+                        pending.discard(f)
+                        waiting = [g for g in pending if g.cancel()]
+                        pending.difference_update(waiting)
+                        self._pool.shutdown(wait=False)
+                        self._pool = None
+                        moved = submit(futures[g] for g in waiting)
+                        futures.update(moved)
+                        pending.update(moved)
+                elif k in started and now - started[k] > self.timeout_s:
                     self._log_error(jobs[k][1].label, "timeout")
+                    _raise_in(threads.get(k))
+                    stopping[f] = now + GRACE_S
         return scores
 
     def _collect(self, n: int, jobs, scores: list[Score | None]) -> RewardBatch:
