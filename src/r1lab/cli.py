@@ -168,6 +168,32 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder with metri
     console.print(f"report: [bold]{path}[/]")
 
 
+@app.command()
+def serve(
+    checkpoint: Annotated[Path, typer.Argument(help="a local Hugging Face model directory (e.g. runs/demo/rl)")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    name: Annotated[Optional[str], typer.Option(help="model id in the API (default: the folder name)")] = None,  # noqa: UP045
+    template: Annotated[str, typer.Option(help="prompt template: auto (chat template, else the run's), or a name from `r1lab list`")] = "auto",
+    max_tokens: Annotated[int, typer.Option(help="default max new tokens per answer")] = 1024,
+    temperature: Annotated[float, typer.Option(help="default temperature (the paper's 0.6)")] = 0.6,
+    top_p: Annotated[float, typer.Option(help="default top-p (the paper's 0.95)")] = 0.95,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = "auto",
+) -> None:
+    """OpenAI-compatible chat server: thinking in `reasoning_content`, the answer in `content`."""
+    from r1lab.serve import serve as run_server
+
+    def ready(model_name: str, used_template: str) -> None:
+        console.print(f"serving [bold]{model_name}[/] (template {used_template}) at "
+                      f"http://{host}:{port}/v1  (POST /v1/chat/completions; Ctrl-C stops)")
+
+    try:
+        run_server(checkpoint, host=host, port=port, name=name, template=template, max_tokens=max_tokens,
+                   temperature=temperature, top_p=top_p, device=device, ready=ready)
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
+        _fail(exc)
+
+
 @app.command("list")
 def list_components() -> None:
     """Every registered component, by kind (rewards, advantages, losses, ...)."""
