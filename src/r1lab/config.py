@@ -224,7 +224,8 @@ class PipelineConfig(Section):
     changes it for one stage (dotted `section.key=value`, as `--set`)."""
 
     cold_start: str | None = Field(
-        None, description="(prompt, completion) file for the cold-start SFT; None skips stage 1")
+        None, description="(prompt, completion) file for the cold-start SFT, or "
+        "`synthetic:<task>[:N]` (N worked solutions of that task, default 256); None skips stage 1")
     rejection_sft_from: Literal["base", "rl"] = Field(
         "base", description="model the rejection-sampled data fine-tunes: the base (as R1 does "
         "with DeepSeek-V3-Base) or the reasoning-RL checkpoint")

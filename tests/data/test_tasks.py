@@ -70,3 +70,12 @@ def test_linear_solution_solves_the_equation():
 def test_too_small_problem_space_is_a_clear_error():
     with pytest.raises(ValueError, match="could only make"):
         generate("addition", 10_000, seed=0, split="heldout", min_digits=1, max_digits=1)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import r1lab.data.tasks
+
+    result = doctest.testmod(r1lab.data.tasks)
+    assert result.attempted >= 2 and result.failed == 0

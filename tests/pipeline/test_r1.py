@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from r1lab.config import RunConfig
@@ -54,3 +55,34 @@ def test_four_stages_chain_their_checkpoints_and_resume_at_stage_granularity(tmp
     again = run_r1(cfg, out)
     assert again == json.loads((out / "summary.json").read_text()) == results
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")} == stamps
+
+
+def test_synthetic_cold_start_is_worked_training_problems_in_the_r1_format(tmp_path):
+    from r1lab.data.tasks import make_addition
+    from r1lab.pipeline.r1 import cold_start_source
+
+    cfg = RunConfig.model_validate({"data": {"min_digits": 1, "max_digits": 2},
+                                    "pipeline": {"cold_start": "synthetic:addition:12"}})
+    path = cold_start_source(cfg, tmp_path)
+    assert path == str(tmp_path / "cold_start.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "cold_start.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 == len({r["question"] for r in rows})  # distinct problems
+    heldout = set()
+    import random
+    rng = random.Random(0)
+    for _ in range(5000):  # the task's held-out problems (a hash decides): none may appear
+        p = make_addition(rng, min_digits=1, max_digits=2)
+        if p.heldout:
+            heldout.add(p.question)
+    assert heldout and not heldout & {r["question"] for r in rows}
+    for r in rows:
+        a, b = map(int, r["question"].split("+"))
+        assert r["answer"] == str(a + b)
+        assert r["completion"].startswith("<think>") and r["completion"].endswith(f"</think><answer>{a + b}</answer>")
+    first = (tmp_path / "cold_start.jsonl").read_text()
+    (tmp_path / "cold_start.jsonl").unlink()
+    assert cold_start_source(cfg, tmp_path) == path and (tmp_path / "cold_start.jsonl").read_text() == first
+    assert cold_start_source(RunConfig.model_validate({"pipeline": {"cold_start": "rows.jsonl"}}), tmp_path) == "rows.jsonl"
+    bad = RunConfig.model_validate({"pipeline": {"cold_start": "synthetic:addition:many"}})
+    with pytest.raises(ValueError, match="synthetic:<task>"):
+        cold_start_source(bad, tmp_path)

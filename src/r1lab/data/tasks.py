@@ -129,3 +129,17 @@ def stream(
         p = make(rng, min_digits=min_digits, max_digits=max_digits)
         if not p.heldout:
             yield p
+
+
+def worked_examples(task: str, n: int, *, seed: int, min_digits: int = 2, max_digits: int = 3,
+                    question_field: str = "question", completion_field: str = "completion") -> list[dict]:
+    """`n` distinct training-split problems with their worked solutions in the R1 format,
+    `<think>…</think><answer>…</answer>`, as (prompt, completion) rows: a cold-start set (R1's
+    stage 1: a few readable chains of thought) for the synthetic tasks.
+
+    >>> worked_examples("addition", 1, seed=0, min_digits=1, max_digits=1)[0]["completion"][:7]
+    '<think>'
+    """
+    problems = generate(task, n, seed=seed, split="train", min_digits=min_digits, max_digits=max_digits)
+    return [{question_field: p.question, completion_field: f"<think>{p.think}</think><answer>{p.answer}</answer>",
+             "answer": p.answer} for p in problems]

@@ -1,7 +1,8 @@
 """`r1lab pipeline r1`: DeepSeek-R1's recipe as one command (paper, section 2.3).
 
 1. **cold_start**: SFT on a small set of long, readable chains of thought
-   (`pipeline.cold_start`; skipped when unset, which makes stage 2 R1-Zero);
+   (`pipeline.cold_start`: a file, or `synthetic:<task>[:N]` for N worked solutions of a
+   synthetic task; skipped when unset, which makes stage 2 R1-Zero);
 2. **reasoning_rl**: GRPO with rule-based rewards from the cold-start checkpoint;
 3. **rejection_sampling** with the stage-2 policy (`r1lab sample`: keep what is correct), then
    **rejection_sft**: SFT on those samples, of the base model (as R1 fine-tunes DeepSeek-V3-Base)
@@ -64,6 +65,32 @@ class Stages:
         return self.results
 
 
+def cold_start_source(cfg: RunConfig, out: Path) -> str:
+    """`pipeline.cold_start` as a file: a path as it is; `synthetic:<task>[:N]` becomes
+    `OUT/cold_start.jsonl`, N (default 256) worked solutions in the R1 format from the task's
+    training split (written once; the same config writes the same rows)."""
+    spec = cfg.pipeline.cold_start
+    if not spec.startswith("synthetic:"):
+        return spec
+    from r1lab.data.tasks import worked_examples
+
+    _, task, *rest = spec.split(":")
+    try:
+        n = int(rest[0]) if rest else 256
+    except ValueError:
+        raise ValueError(f"pipeline.cold_start: {spec!r} is not synthetic:<task>[:N] (N an integer)") from None
+    path = out / "cold_start.jsonl"
+    if not path.is_file():
+        d = cfg.data
+        rows = worked_examples(task, n, seed=cfg.train.seed + 1_000_003, min_digits=d.min_digits,
+                               max_digits=d.max_digits, question_field=d.prompt_field,
+                               completion_field=cfg.sft.completion_field)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(path)
+    return str(path)
+
+
 def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
     """Run (or finish) the four stages; returns {stage: its result} and writes summary.json."""
     from r1lab.pipeline.reject import run_sample
@@ -81,8 +108,9 @@ def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) 
 
     model = {}  # stage 1 skipped: the base model as configured
     if cfg.pipeline.cold_start:
+        source = cold_start_source(cfg, out)
         r = stage(1, "cold_start", lambda c, f: run_sft(c, f, console=console),
-                  **{"data.source": cfg.pipeline.cold_start})
+                  **{"data.source": source})
         model = {"model.path": r["final"]}
     rl = stage(2, "reasoning_rl", grpo, **model)
     sampled = stage(3, "rejection_sampling", lambda c, f: run_sample(c, f, console=console),
