@@ -4,6 +4,7 @@ overrides, and a second run skips what is done."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -15,7 +16,7 @@ MICRO = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
          "intermediate_size": 64, "max_position_embeddings": 128}
 
 
-def test_four_stages_chain_their_checkpoints_and_resume_at_stage_granularity(tmp_path):
+def test_four_stages_chain_their_checkpoints_and_resume_at_stage_granularity(tmp_path, capsys):
     cold = tmp_path / "cold.jsonl"
     cold.write_text("".join(json.dumps({"question": q, "completion": c}) + "\n" for q, c in
                             [("1+2", "<think>1+2=3</think><answer>3</answer>"),
@@ -49,6 +50,15 @@ def test_four_stages_chain_their_checkpoints_and_resume_at_stage_granularity(tmp
     assert results["rejection_sampling"]["kept_rows"] == 3 == results["rejection_sft"]["rows"]
     assert results["reasoning_rl"]["steps"] == 2 and results["all_scenario_rl"]["steps"] == 1
     assert (out / "4_all_scenario_rl" / "final" / "config.json").is_file()
+    # a synthetic task: every stage that makes a model is evaluated on its held-out problems
+    for name in ("cold_start", "reasoning_rl", "rejection_sft", "all_scenario_rl"):
+        assert set(results[name]["eval"]) == {"T=1"} and 0.0 <= results[name]["eval"]["T=1"] <= 1.0
+    ev = json.loads((out / "1_cold_start" / "eval.json").read_text())
+    assert ev["T=1"]["pass1"] == results["cold_start"]["eval"]["T=1"] and len(ev["T=1"]["samples"]) == 2
+    printed = capsys.readouterr().out
+    assert "held-out pass@1 by stage (2 problems)" in printed, printed[-3000:]
+    for name in ("cold_start", "reasoning_rl", "rejection_sft", "all_scenario_rl"):
+        assert re.search(rf"│\s*{name}\s*│\s*{results[name]['eval']['T=1']:.3f}\s*│", printed), name
     # a second run finds every stage done: nothing is re-run, the results are the same
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/stage.json")}
     assert len(stamps) == 5

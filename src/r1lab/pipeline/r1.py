@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from r1lab.config import PIPELINE_STAGES, RunConfig, apply_overrides, save_config
 
@@ -92,9 +93,11 @@ def cold_start_source(cfg: RunConfig, out: Path) -> str:
 
 
 def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
-    """Run (or finish) the four stages; returns {stage: its result} and writes summary.json."""
+    """Run (or finish) the four stages; returns {stage: its result} and writes summary.json.
+    With a synthetic task as `data.source`, the SFT stages are evaluated on its held-out split
+    too (the RL stages always are), and a table of pass@1 by stage is printed at the end."""
     from r1lab.pipeline.reject import run_sample
-    from r1lab.pipeline.run import run_grpo
+    from r1lab.pipeline.run import load_prompt_rows, run_grpo
     from r1lab.pipeline.sft import run_sft
 
     console = console or Console()
@@ -102,15 +105,26 @@ def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     stage = Stages(cfg, out, console)
+    heldout = load_prompt_rows(cfg)[1] if cfg.data.source.startswith("synthetic:") else []
 
     def grpo(scfg: RunConfig, folder: Path) -> dict[str, Any]:
         return run_grpo(scfg, folder, console=console, resume="latest")
 
+    def sft(scfg: RunConfig, folder: Path) -> dict[str, Any]:
+        result = run_sft(scfg, folder, console=console)
+        if heldout:  # the SFT stages' data is a file; the pipeline's task has held-out problems
+            from r1lab.config import ModelConfig
+            from r1lab.models import load_policy
+            from r1lab.pipeline.run import heldout_eval
+
+            model, tokenizer = load_policy(ModelConfig(path=result["final"], device=scfg.model.device))
+            result["eval"] = heldout_eval(cfg, model, tokenizer, heldout, folder)
+        return result
+
     model = {}  # stage 1 skipped: the base model as configured
     if cfg.pipeline.cold_start:
         source = cold_start_source(cfg, out)
-        r = stage(1, "cold_start", lambda c, f: run_sft(c, f, console=console),
-                  **{"data.source": source})
+        r = stage(1, "cold_start", sft, **{"data.source": source})
         model = {"model.path": r["final"]}
     rl = stage(2, "reasoning_rl", grpo, **model)
     sampled = stage(3, "rejection_sampling", lambda c, f: run_sample(c, f, console=console),
@@ -121,10 +135,19 @@ def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) 
         raise ValueError(f"rejection sampling kept no sample (pass rate {sampled['pass_rate']:.3f}"
                          f" over {sampled['samples']} samples): lower reject.min_scores, raise "
                          "reject.samples_per_prompt, or train the reasoning_rl stage longer")
-    sft = stage(3, "rejection_sft", lambda c, f: run_sft(c, f, console=console),
-                **base, **{"data.source": sampled["sft"]})
-    stage(4, "all_scenario_rl", grpo, **{"model.path": sft["final"]})
+    stage(3, "rejection_sft", sft, **base, **{"data.source": sampled["sft"]})
+    stage(4, "all_scenario_rl", grpo, **{"model.path": stage.results["rejection_sft"]["final"]})
     results = stage.finish()
+    evaluated = {n: r["eval"] for n, r in results.items() if r.get("eval")}
+    if evaluated:
+        table = Table(title=f"held-out pass@1 by stage ({len(heldout[: cfg.eval.num_problems])} problems)",
+                      min_width=60)
+        protocols = list(next(iter(evaluated.values())))
+        for col in ["stage", *protocols]:
+            table.add_column(col, justify="right")
+        for n, ev in evaluated.items():
+            table.add_row(n, *(f"{ev.get(p, float('nan')):.3f}" for p in protocols))
+        console.print(table)
     console.print(f"R1 pipeline finished: {', '.join(n for n in PIPELINE_STAGES if n in results)}; "
                   f"final checkpoint {results['all_scenario_rl']['final']}", highlight=False)
     return results

@@ -36,6 +36,17 @@ def load_prompt_rows(cfg: RunConfig) -> tuple[list[dict[str, Any]], list[dict[st
     return rows, []
 
 
+def heldout_eval(cfg: RunConfig, model, tokenizer, heldout: list[dict[str, Any]], out: Path) -> dict[str, float]:
+    """Evaluate on the held-out rows under the paper's protocols (`cfg.eval`); writes
+    `out/eval.json` (every metric) and returns {protocol: pass@1}."""
+    template = TEMPLATES.get(cfg.data.template)
+    res = evaluate(model, tokenizer, heldout[: cfg.eval.num_problems],
+                   lambda r: template(r[cfg.data.prompt_field], tokenizer), paper_protocols(cfg.eval),
+                   max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
+    (out / "eval.json").write_text(json.dumps(res, indent=2))
+    return {k: v["pass1"] for k, v in res.items()}
+
+
 def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None,
              resume: str | None = None) -> dict[str, Any]:
     """Train, save `final/`, evaluate on the held-out split. `resume` is `latest` (the newest
@@ -81,13 +92,7 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
                               "skipped_steps": trainer.skipped_steps,
                               "train_seconds": time.perf_counter() - t0}
     if heldout:
-        template = TEMPLATES.get(cfg.data.template)
-        res = evaluate(model, tokenizer, heldout[: cfg.eval.num_problems],
-                       lambda r: template(r[cfg.data.prompt_field], tokenizer),
-                       paper_protocols(cfg.eval),
-                       max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
-        (out / "eval.json").write_text(json.dumps(res, indent=2))
-        result["eval"] = {k: v["pass1"] for k, v in res.items()}
+        result["eval"] = heldout_eval(cfg, model, tokenizer, heldout, out)
     (out / "result.json").write_text(json.dumps(result, indent=2))
     console.print(f"GRPO finished: {result}")
     return result
