@@ -20,6 +20,7 @@ pytest.importorskip("uvicorn")
 
 from r1lab.serve import app as serve_app  # noqa: E402
 from r1lab.serve import resolve_template, split_reasoning  # noqa: E402
+from r1lab.serve.app import IncrementalDetokenizer, StreamSplitter, cut_at_stop  # noqa: E402
 
 
 # ---------------------------------------------------------------- splitting, by hand
@@ -33,9 +34,64 @@ from r1lab.serve import resolve_template, split_reasoning  # noqa: E402
     ("<think>x</think>", ("x", "")),
     ("<think>x</think><answer>unclosed", ("x", "unclosed")),
     ("pre <think>x</think> post", ("x", "pre  post")),
+    ("It is <answer>8</answer>.", (None, "It is 8.")),  # the tags go, the words stay
 ])
 def test_split_reasoning(text, want):
     assert split_reasoning(text) == want
+
+
+def test_a_prompt_that_opened_the_think_block():
+    assert split_reasoning("a+b</think>c", thinking=True) == ("a+b", "c")
+    assert split_reasoning("still thinking", thinking=True) == ("still thinking", "")
+
+
+STREAMED = [
+    "<think>\n3+5=8</think>\n\n<answer>8</answer>",
+    "no tags, just words",
+    "<think>cut off mid-thought",
+    "pre <think>x</think> post <answer>9</answer> tail",
+    "<think>a<b</think>x < y <answer>1</answer>",  # '<' that never becomes a tag
+    "<think>ab</think>answer STOP and more",
+]
+
+
+@pytest.mark.parametrize("text", STREAMED)
+@pytest.mark.parametrize("pieces", [1, 3, 5])
+def test_stream_splitter_sends_what_split_reasoning_returns(text, pieces):
+    """Fed in pieces that cut through tags and stop strings, the deltas add up to the
+    non-streamed answer (cut at the stop string), and nothing sent is ever taken back."""
+    stop = ("STOP",)
+    sp = StreamSplitter(stop=stop)
+    chunks = [text[i:i + pieces] for i in range(0, len(text), pieces)]
+    sent = [sp.feed(c) for c in chunks] + [sp.finish(text)]
+    reasoning, content = "".join(r for r, _ in sent), "".join(c for _, c in sent)
+    want_r, want_c = split_reasoning(cut_at_stop(text, stop))
+    assert (reasoning.strip() or None if want_r is None else reasoning.strip()) == want_r
+    assert content.strip() == want_c
+    assert "STOP" not in content and "<answer>" not in content and "</think" not in content
+
+
+def test_stream_splitter_in_a_prompt_opened_think_block():
+    sp = StreamSplitter(thinking=True)
+    sent = [sp.feed(c) for c in ["1+1", "=2</th", "ink>", "2"]] + [sp.finish("1+1=2</think>2")]
+    assert "".join(r for r, _ in sent) == "1+1=2" and "".join(c for _, c in sent) == "2"
+    assert sent[0] == ("1+1", "")  # reasoning streams before the block is closed
+
+
+def test_cut_at_stop():
+    assert cut_at_stop("abcSTOPdefEND", ("END", "STOP")) == "abc"
+    assert cut_at_stop("abc", ("x",)) == "abc" and cut_at_stop("abc", ()) == "abc"
+
+
+def test_incremental_detokenizer_adds_up_to_decode():
+    from r1lab.models.tiny import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    ids = tok("<think>12+30:2+0=2</think><answer>42</answer>", add_special_tokens=False)["input_ids"]
+    d = IncrementalDetokenizer(tok)
+    pieces = [d.add(i) for i in ids]
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
+    assert pieces[0] == "<think>"  # a tag is one token, and one piece
 
 
 def test_docstring_examples():
@@ -181,7 +237,6 @@ def test_stop_string_ends_the_answer(server):
     ({"messages": []}, "messages", "at least 1"),
     ({"messages": [{"role": "user", "content": "1+1"}], "temperature": -1}, "temperature", "greater than or equal"),
     ({"messages": [{"role": "wizard", "content": "1+1"}]}, "messages.0.role", "Input should be"),
-    ({"messages": [{"role": "user", "content": "1+1"}], "stream": True}, "stream", "streaming is not supported"),
     ({"messages": [{"role": "user", "content": "1+1"}], "tools": [{"type": "function"}]}, "tools", "not supported"),
     ({"messages": [{"role": "system", "content": "hi"}]}, "messages", "at least one user message"),
 ])
@@ -202,3 +257,52 @@ def test_malformed_json_and_unknown_model(server):
     assert status == 404 and "tiny-r1" in err["error"]["message"] and err["error"]["param"] == "model"
     status, _ = post(server, {"messages": [{"role": "user", "content": "1+1"}], "max_tokens": 2})
     assert status == 200  # the server is still up after the bad ones
+
+
+def stream(base: str, body: dict) -> list:
+    """POST with stream: true; the parsed data events ([DONE] as the string)."""
+    req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps({**body, "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    events = []
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        for raw in r:
+            line = raw.decode().strip()
+            if line.startswith("data: "):
+                data = line[len("data: "):]
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def assemble(events: list, n: int) -> list[dict]:
+    """Per choice: the streamed reasoning and content, joined, and its finish_reason."""
+    out = [{"reasoning_content": "", "content": "", "finish_reason": None} for _ in range(n)]
+    for e in events[:-1]:
+        for c in e["choices"]:
+            for key in ("reasoning_content", "content"):
+                out[c["index"]][key] += c["delta"].get(key) or ""
+            out[c["index"]]["finish_reason"] = out[c["index"]]["finish_reason"] or c["finish_reason"]
+    return out
+
+
+@pytest.mark.parametrize("extra", [{"temperature": 0}, {"temperature": 1.0, "seed": 3, "n": 2},
+                                   {"temperature": 0, "stop": ["3"]}])
+def test_streaming_adds_up_to_the_plain_answer(server, extra):
+    """Streamed deltas joined == the non-streamed message, per choice; the stream opens with
+    the role, closes with each finish_reason, the usage (when asked), and [DONE]."""
+    body = {"messages": [{"role": "user", "content": "345+67"}], "max_tokens": 24, **extra}
+    status, plain = post(server, body)
+    assert status == 200
+    events = stream(server, {**body, "stream_options": {"include_usage": True}})
+    assert events[-1] == "[DONE]"
+    assert events[-2]["choices"] == [] and events[-2]["usage"] == plain["usage"]
+    n = extra.get("n", 1)
+    assert [e["choices"][0]["delta"] for e in events[:n]] == [{"role": "assistant", "content": ""}] * n
+    assert all(e["object"] == "chat.completion.chunk" and e["id"] == events[0]["id"] for e in events[:-2])
+    got = assemble(events[:-1], n)
+    for g, want in zip(got, plain["choices"], strict=True):
+        assert g["content"].strip() == want["message"]["content"]
+        assert (g["reasoning_content"].strip() or None) == want["message"]["reasoning_content"]
+        assert g["finish_reason"] == want["finish_reason"]
+    if "stop" in extra:
+        assert all("3" not in c["message"]["content"] for c in plain["choices"])

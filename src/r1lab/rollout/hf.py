@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -105,7 +106,11 @@ class HFSampler:
         self._kv_storage: torch.Tensor | None = None  # CPU: the KV cache kept between calls
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutBatch:
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
+                 on_step: Callable[[int, list[int], list[int]], None] | None = None) -> RolloutBatch:
+        """`on_step(t, rows, tokens)`, when given, is called after every decoding step with the
+        rows (of the P*n) that produced a token at step t and those tokens (a row's last one
+        may be eos): what a streaming server needs. It runs on the decoding thread."""
         model, device = self.model, self.model.device
         t0 = time.perf_counter()
         was_training = model.training
@@ -116,7 +121,7 @@ class HFSampler:
             gen = torch.Generator(device=device).manual_seed(params.seed)
         uniforms = torch.rand((T, N), generator=gen, device=device)  # [T, N], one per token
         with torch.inference_mode():  # no version counters or view tracking: ~8% faster decoding
-            out = self._decode(prompt_ids, params, uniforms)
+            out = self._decode(prompt_ids, params, uniforms, on_step)
         # clones made outside inference mode are normal tensors, which autograd may save
         tokens, logprobs, entropy, lengths = (x.clone() for x in out[:4])
         finish = out[4]
@@ -162,7 +167,8 @@ class HFSampler:
                 self._kv_storage = torch.empty(n, dtype=emb.dtype)
         return self._kv_storage
 
-    def _decode(self, prompt_ids: list[list[int]], params: SamplingParams, uniforms: torch.Tensor):
+    def _decode(self, prompt_ids: list[list[int]], params: SamplingParams, uniforms: torch.Tensor,
+                on_step=None):
         """Decode P prompts x n samples with the given uniforms [T, P*n]. Returns tokens,
         logprobs, entropy [P*n, T'] (padded), lengths [P*n] and finish reasons."""
         device = self.model.device
@@ -186,6 +192,8 @@ class HFSampler:
         for t in range(T):
             tok, lp, ent = sample_next(logits, params, uniforms[t, active], entropy=True)
             tokens[active, t] = tok  # [A]
+            if on_step is not None:
+                on_step(t, active[alive].tolist(), tok[alive].tolist())
             logprobs[active, t] = lp
             entropy[active, t] = ent
             done = torch.isin(tok, eos)  # [A]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import re
+import json
+import queue
 import threading
 import time
 import uuid
@@ -13,16 +14,31 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from r1lab.data.templates import TEMPLATES
 
-_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
-def split_reasoning(text: str) -> tuple[str | None, str]:
+def _parts(text: str) -> tuple[str | None, str]:
+    """(reasoning, answer) of a completion, unstripped; see `split_reasoning`."""
+    reasoning = None
+    opened, closed = text.find("<think>"), text.find("</think>")
+    if closed >= 0 and (opened < 0 or opened > closed):
+        reasoning, text = text[:closed], text[closed + len("</think>"):]
+    elif opened >= 0 and closed > opened:
+        reasoning = text[opened + len("<think>"):closed]
+        text = text[:opened] + text[closed + len("</think>"):]
+    elif opened >= 0:
+        reasoning, text = text[opened + len("<think>"):], text[:opened]
+    return reasoning, text.replace("<answer>", "").replace("</answer>", "")
+
+
+def split_reasoning(text: str, thinking: bool = False) -> tuple[str | None, str]:
     """A completion -> (reasoning_content, content), DeepSeek's convention.
 
-    The thinking is what lies inside `<think> </think>`; a completion with `</think>` but no
-    `<think>` (chat templates that open the think block in the prompt) thinks up to it; an
-    unclosed `<think>` (cut at the length limit) thinks to the end and has no answer yet. The
-    answer is the rest, unwrapped from `<answer> </answer>` when it has those tags.
+    The thinking is what lies inside `<think> </think>`; with `thinking` (the prompt opened the
+    think block, as DeepSeek-R1's chat template does), or when `</think>` comes without a
+    `<think>`, it runs from the start; an unclosed `<think>` (cut at the length limit) thinks
+    to the end and has no answer yet. The answer is the rest, without its `<answer> </answer>`
+    tags.
 
     >>> split_reasoning("<think>3+5=8</think><answer>8</answer>")
     ('3+5=8', '8')
@@ -33,18 +49,77 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
     >>> split_reasoning("<think>3+5 is")
     ('3+5 is', '')
     """
-    reasoning = None
-    opened, closed = text.find("<think>"), text.find("</think>")
-    if closed >= 0 and (opened < 0 or opened > closed):
-        reasoning, text = text[:closed], text[closed + len("</think>"):]
-    elif opened >= 0 and closed > opened:
-        reasoning = text[opened + len("<think>"):closed]
-        text = text[:opened] + text[closed + len("</think>"):]
-    elif opened >= 0:
-        reasoning, text = text[opened + len("<think>"):], text[:opened]
-    answer = _ANSWER.search(text)
-    content = answer.group(1) if answer else text
+    reasoning, content = _parts("<think>" + text if thinking else text)
     return (reasoning.strip() if reasoning is not None else None), content.strip()
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """`text` up to the first stop string (which OpenAI's API leaves out of the answer)."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def _held_back(text: str, stop: tuple[str, ...]) -> int:
+    """How many trailing characters a stream must hold back: a prefix of a tag or of a stop
+    string may be completed by the next token."""
+    hold = 0
+    for word in (*_TAGS, *stop):
+        for k in range(min(len(word) - 1, len(text)), hold, -1):
+            if text.endswith(word[:k]):
+                hold = k
+                break
+    return hold
+
+
+class StreamSplitter:
+    """Turns a growing completion into (reasoning_content, content) deltas for streaming: what
+    has been sent is never taken back, so text that could still become a tag or a stop string
+    is held back until it cannot; `finish(final_text)` sends the rest. Leading whitespace of
+    each part is dropped, as `split_reasoning` does."""
+
+    def __init__(self, thinking: bool = False, stop: tuple[str, ...] = ()) -> None:
+        self.prefix = "<think>" if thinking else ""
+        self.stop = stop
+        self.text = ""
+        self.sent = ["", ""]  # reasoning, content sent so far (after their leading whitespace)
+
+    def _deltas(self, text: str) -> tuple[str, str]:
+        reasoning, content = _parts(self.prefix + text)
+        out = []
+        for i, part in enumerate((reasoning or "", content)):
+            part = part.lstrip()
+            new = part[len(self.sent[i]):] if part.startswith(self.sent[i]) else ""
+            self.sent[i] += new
+            out.append(new)
+        return out[0], out[1]
+
+    def feed(self, delta: str) -> tuple[str, str]:
+        self.text += delta
+        visible = cut_at_stop(self.text, self.stop)
+        return self._deltas(visible[: len(visible) - _held_back(visible, self.stop)])
+
+    def finish(self, final_text: str) -> tuple[str, str]:
+        return self._deltas(cut_at_stop(final_text, self.stop))
+
+
+class IncrementalDetokenizer:
+    """Token ids in, new text out, without re-decoding everything: the window technique of
+    text-generation-inference (a token that completes a multi-byte character or merges with
+    the previous one is only emitted once the text is stable)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.ids = tokenizer, []
+        self.prefix_offset = self.read_offset = 0
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        prefix = decode(self.ids[self.prefix_offset:self.read_offset])
+        text = decode(self.ids[self.prefix_offset:])
+        if len(text) > len(prefix) and not text.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return text[len(prefix):]
+        return ""
 
 
 def resolve_template(checkpoint: str | Path, tokenizer: Any, template: str = "auto") -> str:
@@ -93,6 +168,7 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -103,8 +179,6 @@ class ChatRequest(BaseModel):
 
     def unsupported(self) -> tuple[str, str] | None:
         """(param, message) for a request asking for something this server does not do."""
-        if self.stream:
-            return "stream", "streaming is not supported by r1lab serve yet; send stream: false"
         extra = self.model_extra or {}
         for key in ("tools", "functions", "response_format"):
             if extra.get(key):
@@ -123,11 +197,17 @@ def _openai_error(status: int, message: str, param: str | None, kind: str = "inv
                         content={"error": {"message": message, "type": kind, "param": param, "code": None}})
 
 
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
 def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero",
               max_tokens: int = 1024, temperature: float = 0.6, top_p: float = 0.95):
     """A FastAPI app serving `model` (defaults: the paper's sampling, T=0.6, top-p 0.95)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import StreamingResponse
 
     from r1lab.rollout import SamplingParams
     from r1lab.rollout.hf import HFSampler
@@ -159,14 +239,15 @@ def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero
     def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "r1lab"}]}
 
-    def prompt_ids(req: ChatRequest) -> list[int]:
+    def prompt_text(req: ChatRequest) -> tuple[str, bool]:
+        """(prompt, whether a template adds BOS): the chat template over the whole conversation,
+        else the template over the last user message."""
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
         if template == "chat":
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return tokenizer(text, add_special_tokens=False)["input_ids"]
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False
         question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        return tokenizer(template_fn(question, tokenizer))["input_ids"]
+        return template_fn(question, tokenizer), True
 
     @app.post("/v1/chat/completions")
     def chat_completions(req: ChatRequest):
@@ -176,28 +257,85 @@ def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero
         if req.model not in (None, "", name):
             return _openai_error(404, f"model {req.model!r} is not served here (this server has {name!r})",
                                  "model", "not_found_error")
-        ids = prompt_ids(req)
+        text, bos = prompt_text(req)
+        ids = tokenizer(text, add_special_tokens=bos)["input_ids"]
+        thinking = text.rstrip().endswith("<think>")  # the template opened the think block
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
         params = SamplingParams(
             n=req.n, max_new_tokens=req.max_completion_tokens or req.max_tokens or max_tokens,
             temperature=temperature if req.temperature is None else req.temperature,
             top_p=top_p if req.top_p is None else req.top_p, stop=stop, seed=req.seed)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
+        if req.stream:
+            usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(_stream(head, ids, params, thinking, usage), media_type="text/event-stream")
         try:
             with lock:
                 batch = sampler.generate([ids], params)
         except Exception as exc:  # noqa: BLE001 - reported to the client, the server stays up
             return _openai_error(500, f"generation failed: {type(exc).__name__}: {exc}", None, "server_error")
         choices = []
-        for i, (text, finish) in enumerate(zip(batch.texts, batch.finish_reasons, strict=True)):
-            reasoning, content = split_reasoning(text)
+        for i, (out, finish) in enumerate(zip(batch.texts, batch.finish_reasons, strict=True)):
+            reasoning, content = split_reasoning(cut_at_stop(out, stop), thinking)
             choices.append({"index": i, "finish_reason": finish, "logprobs": None,
                             "message": {"role": "assistant", "content": content,
                                         "reasoning_content": reasoning}})
-        completion_tokens = int(batch.lengths.sum())
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-                "created": int(time.time()), "model": name, "choices": choices,
-                "usage": {"prompt_tokens": len(ids), "completion_tokens": completion_tokens,
-                          "total_tokens": len(ids) + completion_tokens}}
+        return {**head, "object": "chat.completion", "choices": choices,
+                "usage": _usage(len(ids), int(batch.lengths.sum()))}
+
+    def _stream(head: dict, ids: list[int], params, thinking: bool, include_usage: bool):
+        """Server-sent events as OpenAI streams them: a role chunk, content / reasoning_content
+        deltas as tokens are decoded, a finish_reason chunk per choice, [usage], [DONE]."""
+        events: queue.Queue = queue.Queue()
+
+        def produce() -> None:
+            try:
+                with lock:
+                    batch = sampler.generate([ids], params, on_step=lambda t, rows, toks: events.put(("step", rows, toks)))
+                events.put(("done", batch))
+            except Exception as exc:  # noqa: BLE001 - reported in the stream
+                events.put(("error", exc))
+
+        def chunk(index: int, delta: dict, finish: str | None = None) -> str:
+            body = {**head, "object": "chat.completion.chunk",
+                    "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            return f"data: {json.dumps(body)}\n\n"
+
+        threading.Thread(target=produce, name="r1lab-serve-generate", daemon=True).start()
+        n = params.n
+        splitters = [StreamSplitter(thinking, params.stop) for _ in range(n)]
+        detok = [IncrementalDetokenizer(tokenizer) for _ in range(n)]
+        for i in range(n):
+            yield chunk(i, {"role": "assistant", "content": ""})
+
+        def deltas(i: int, pair: tuple[str, str]):
+            if pair[0]:
+                yield chunk(i, {"reasoning_content": pair[0]})
+            if pair[1]:
+                yield chunk(i, {"content": pair[1]})
+
+        while True:
+            kind, *item = events.get()
+            if kind == "step":
+                for row, token in zip(*item, strict=True):
+                    yield from deltas(row, splitters[row].feed(detok[row].add(token)))
+            elif kind == "error":
+                exc = item[0]
+                body = {"error": {"message": f"generation failed: {type(exc).__name__}: {exc}",
+                                  "type": "server_error", "param": None, "code": None}}
+                yield f"data: {json.dumps(body)}\n\n"
+                break
+            else:
+                batch = item[0]
+                for i, (out, finish) in enumerate(zip(batch.texts, batch.finish_reasons, strict=True)):
+                    yield from deltas(i, splitters[i].finish(out))
+                    yield chunk(i, {}, finish)
+                if include_usage:
+                    body = {**head, "object": "chat.completion.chunk", "choices": [],
+                            "usage": _usage(len(ids), int(batch.lengths.sum()))}
+                    yield f"data: {json.dumps(body)}\n\n"
+                break
+        yield "data: [DONE]\n\n"
 
     return app
 
