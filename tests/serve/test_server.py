@@ -247,6 +247,13 @@ def test_bad_requests_get_openai_style_400s_naming_the_field(server, body, param
     assert words in err["error"]["message"]
 
 
+def test_asking_past_the_context_is_a_400(server, checkpoint):
+    context = json.loads((checkpoint / "config.json").read_text())["max_position_embeddings"]
+    status, err = post(server, {"messages": [{"role": "user", "content": "1+1"}], "max_tokens": context})
+    assert status == 400 and err["error"]["param"] == "max_tokens"
+    assert f"context of {context}" in err["error"]["message"]
+
+
 def test_malformed_json_and_unknown_model(server):
     status, err = post(server, b"{not json")
     assert status == 400 and err["error"]["type"] == "invalid_request_error"

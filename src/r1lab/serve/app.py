@@ -213,6 +213,7 @@ def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero
     from r1lab.rollout.hf import HFSampler
 
     template_fn = TEMPLATES.get(template)
+    context = getattr(model.config, "max_position_embeddings", None)
     sampler = HFSampler(model, tokenizer)
     lock = threading.Lock()  # one generation at a time: the model and sampler are not thread-safe
     created = int(time.time())
@@ -261,8 +262,19 @@ def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero
         ids = tokenizer(text, add_special_tokens=bos)["input_ids"]
         thinking = text.rstrip().endswith("<think>")  # the template opened the think block
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+        new_tokens = req.max_completion_tokens or req.max_tokens or max_tokens
+        if context and len(ids) + new_tokens > context:
+            asked = req.max_completion_tokens or req.max_tokens
+            if asked is not None:  # the client asked for more than fits
+                param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+                return _openai_error(400, f"{param}: the prompt ({len(ids)} tokens) plus {asked} new tokens "
+                                     f"exceeds the model's context of {context}", param)
+            new_tokens = context - len(ids)  # the server's default: as much as fits
+            if new_tokens < 1:
+                return _openai_error(400, f"messages: the prompt ({len(ids)} tokens) fills the model's "
+                                     f"context of {context}", "messages")
         params = SamplingParams(
-            n=req.n, max_new_tokens=req.max_completion_tokens or req.max_tokens or max_tokens,
+            n=req.n, max_new_tokens=new_tokens,
             temperature=temperature if req.temperature is None else req.temperature,
             top_p=top_p if req.top_p is None else req.top_p, stop=stop, seed=req.seed)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
