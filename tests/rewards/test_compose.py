@@ -127,17 +127,54 @@ def test_a_spinning_reward_is_stopped_and_scores_zero(workers):
 
 
 def test_a_reward_stuck_in_c_code_is_abandoned_and_the_batch_goes_on():
-    """time.sleep cannot be interrupted: the sequential path leaves that thread behind and scores
-    the rest of the batch on a new one, within timeout_s + the grace period."""
+    """time.sleep cannot be interrupted: the pool leaves that thread behind and scores the
+    rest of the batch on a fresh pool, within timeout_s + the grace period."""
     from r1lab.rewards.compose import GRACE_S
 
-    c = RewardComposer([{"name": "test_sleepy"}], workers=1, timeout_s=0.3)
+    c = RewardComposer([{"name": "test_sleepy"}], workers=2, timeout_s=0.3)
     start = time.monotonic()
     b = c(["0", "3", "0", "0"], [{}] * 4)
     assert time.monotonic() - start < 0.3 + GRACE_S + 0.7
     assert b.total == [1.0, 0.0, 1.0, 1.0] and b.errors == 1
     b2 = c(["0", "0"], [{}] * 2)  # the next batch is not held up by the abandoned thread
     assert b2.total == [1.0, 1.0] and b2.errors == 0
+    c.close()
+
+
+def test_in_the_calling_thread_a_job_stuck_in_c_code_scores_zero_when_it_returns():
+    c = RewardComposer([{"name": "test_sleepy"}], workers=1, timeout_s=0.3)
+    start = time.monotonic()
+    b = c(["0", "1.0", "0"], [{}] * 3)
+    assert 1.0 <= time.monotonic() - start < 1.8
+    assert b.total == [1.0, 0.0, 1.0] and b.errors == 1 and b.metrics["errors/test_sleepy"] == 1
+
+
+@REWARDS.register("test_alarm")
+def alarm(completion, row, **kwargs):
+    """A reward with its own SIGALRM timeout, as many code and math checkers have: it needs the
+    main thread."""
+    import signal
+
+    def expired(*_):
+        raise TimeoutError
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        while completion == "loop":
+            pass
+        return Score(1.0)
+    except TimeoutError:
+        return Score(0.5)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_rewards_that_use_signals_work_with_one_worker():
+    assert threading.current_thread() is threading.main_thread()
+    b = RewardComposer([{"name": "test_alarm"}], workers=1, timeout_s=5)(["ok", "loop", "ok"], [{}] * 3)
+    assert b.total == [1.0, 0.5, 1.0] and b.errors == 0
 
 
 def test_hung_jobs_do_not_exhaust_the_parallel_pool():

@@ -3,16 +3,19 @@
 A reward that raises or times out scores 0 for that sample and is counted in `errors` (and
 logged once per component and error type): a bad sample never crashes a run.
 
-Every (sample, component) job is cut off after `timeout_s`. With `workers=1` (the default) the
-batch's jobs run one after another on one helper thread while the calling thread watches the
-clock: scoring a batch of short math completions costs a few milliseconds. With `workers>1` a
-thread pool runs them in parallel (the code sandbox waits on subprocesses, so threads give real
-parallelism there). A job past its time gets a `RewardTimeout` raised inside it (delivered
-between Python bytecodes: a pure-Python loop stops, even one that catches `Exception`). A job
-stuck inside a C call (a long `time.sleep`, a blocking read) cannot be interrupted: its thread
-is abandoned, it scores 0, and the batch goes on in a fresh thread (the pool is replaced), so a
-hung reward never stalls scoring. Rewards that must never be abandoned should bound their own
-time, as the code sandbox does with its wall clock and math-verify with its timeouts.
+Every (sample, component) job is cut off after `timeout_s`: a job past its time gets a
+`RewardTimeout` raised inside it (delivered between Python bytecodes, so a pure-Python loop
+stops, even one that catches `Exception`), scores 0 and is counted.
+
+With `workers=1` (the default) the jobs run one after another in the calling thread, watched by
+a timer thread: scoring a batch of short math completions costs a few milliseconds, and rewards
+that use signals (math-verify's own timeouts, `signal.alarm`) work as they do anywhere. A job
+stuck inside a C call (a long `time.sleep`, a blocking read without a timeout) is stopped only
+when that call returns. With `workers>1` a thread pool runs the jobs in parallel (the code
+sandbox waits on subprocesses, so threads give real parallelism there); a job stuck in C code
+there is abandoned after a grace period, scores 0, and the rest of the batch goes on in a fresh
+pool, so a hung reward never stalls scoring. Rewards that may block in C should bound their own
+time, as the code sandbox does with its wall clock, or run with `rewards.workers` > 1.
 
 >>> composer = RewardComposer([{"name": "accuracy", "weight": 1.0}, {"name": "format", "weight": 0.5}])
 >>> batch = composer(["<think>3+5=8</think><answer>8</answer>", "8"], [{"answer": "8"}] * 2)
@@ -35,8 +38,8 @@ from r1lab.rewards.base import RewardFn, Score, get_reward
 
 log = logging.getLogger(__name__)
 
-#: how long a timed-out job gets to stop after `RewardTimeout` is raised in it, before its
-#: thread is abandoned
+#: how long a timed-out job of the thread pool gets to stop after `RewardTimeout` is raised in
+#: it, before its thread is abandoned
 GRACE_S = 0.5
 
 
@@ -124,53 +127,42 @@ class RewardComposer:
             log.warning("reward %r failed (%s: %s); scored 0 and counted", label, kind, e)
 
     def _sequential(self, jobs, completions, rows) -> list[Score | None]:
-        """The jobs in order on a helper thread, the calling thread timing each."""
+        """The jobs in order on the calling thread (rewards may use signals, and math-verify's
+        own timeouts work there), a watchdog thread timing each."""
         scores: list[Score | None] = [None] * len(jobs)
-        first = 0
-        while first < len(jobs):
-            first = self._run_from(first, jobs, completions, rows, scores)
+        caller, lock = threading.get_ident(), threading.Lock()
+        state: dict[str, Any] = {"k": -1, "start": 0.0, "done": False}
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.01):
+                with lock:
+                    k = state["k"]
+                    if state["done"] or k < 0 or time.monotonic() - state["start"] <= self.timeout_s:
+                        continue
+                    state["start"] = float("inf")  # once per job
+                    self._log_error(jobs[k][1].label, "timeout")
+                    _raise_in(caller)
+
+        threading.Thread(target=watch, name="reward-watchdog", daemon=True).start()
+        try:
+            for k, (i, comp) in enumerate(jobs):
+                try:
+                    with lock:
+                        state["k"], state["start"] = k, time.monotonic()
+                    scores[k] = self._safe(comp, completions[i], rows[i])
+                except RewardTimeout:  # (one that lands just as job k ends hits job k+1: 0 too)
+                    scores[k] = None
+            while True:  # `done` is set under the lock: no RewardTimeout can come after it
+                try:
+                    with lock:
+                        state["done"] = True
+                    break
+                except RewardTimeout:
+                    continue
+        finally:
+            stop.set()
         return scores
-
-    def _run_from(self, first: int, jobs, completions, rows, scores: list[Score | None]) -> int:
-        """Run jobs[first:] on a new thread; len(jobs) when it got through them, else the job
-        to go on from (its thread was abandoned, stuck in a job past its time)."""
-        state: dict[str, Any] = {"k": first, "start": time.monotonic(), "thread": None, "abandoned": False}
-        finished = threading.Event()
-
-        def work() -> None:
-            state["thread"] = threading.get_ident()
-            try:
-                for k in range(first, len(jobs)):
-                    if state["abandoned"]:
-                        return
-                    state["k"], state["start"] = k, time.monotonic()
-                    i, comp = jobs[k]
-                    try:
-                        score = self._safe(comp, completions[i], rows[i])
-                    except RewardTimeout:
-                        score = None
-                    if not state["abandoned"]:
-                        scores[k] = score
-                state["k"] = len(jobs)
-            except RewardTimeout:  # arrived between two jobs: the caller goes on after this one
-                pass
-            finally:
-                finished.set()
-
-        threading.Thread(target=work, name="reward", daemon=True).start()
-        while not finished.wait(0.01):
-            k, start = state["k"], state["start"]
-            if time.monotonic() - start <= self.timeout_s:
-                continue
-            self._log_error(jobs[k][1].label, "timeout")
-            _raise_in(state["thread"])
-            deadline = time.monotonic() + GRACE_S
-            while state["k"] == k and not finished.is_set() and time.monotonic() < deadline:
-                time.sleep(0.002)
-            if state["k"] == k and not finished.is_set():  # stuck in C code
-                state["abandoned"] = True
-                return k + 1
-        return len(jobs) if state["k"] >= len(jobs) else state["k"] + 1
 
     def _parallel(self, jobs, completions, rows) -> list[Score | None]:
         scores: list[Score | None] = [None] * len(jobs)
