@@ -88,9 +88,8 @@ def confine_filesystem(keep: list[str]) -> str:
     return "/tmp/work"
 
 
-def enter_user_namespace(flags: int, uid: int, gid: int) -> None:
-    """unshare a user namespace with the other namespaces; this uid/gid becomes 0 inside it."""
-    _check(libc.unshare(flags | CLONE_NEWUSER), "unshare (user namespace)")
+def map_to_root(uid: int, gid: int) -> None:
+    """In a new user namespace: this uid/gid becomes 0 inside it."""
     for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"0 {uid} 1"),
                        ("/proc/self/gid_map", f"0 {gid} 1")):
         with open(path, "w") as f:
@@ -138,8 +137,9 @@ def main() -> None:
         flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
         try:
             if userns:
-                enter_user_namespace(flags, *cfg["userns"])
-                in_userns = True
+                _check(libc.unshare(flags | CLONE_NEWUSER), "unshare (user namespace)")
+                in_userns = True  # from here on its capabilities are dropped before the code runs
+                map_to_root(*cfg["userns"])
             else:
                 _check(libc.unshare(flags), "unshare")
             workdir = confine_filesystem(cfg["keep"])
