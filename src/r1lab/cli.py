@@ -179,6 +179,7 @@ def serve(
     temperature: Annotated[float, typer.Option(help="default temperature (the paper's 0.6)")] = 0.6,
     top_p: Annotated[float, typer.Option(help="default top-p (the paper's 0.95)")] = 0.95,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = "auto",
+    max_batch: Annotated[int, typer.Option(help="prompts of concurrent requests decoded together (1: one at a time)")] = 16,
 ) -> None:
     """OpenAI-compatible chat server: thinking in `reasoning_content`, the answer in `content`."""
     from r1lab.serve import serve as run_server
@@ -189,7 +190,7 @@ def serve(
 
     try:
         run_server(checkpoint, host=host, port=port, name=name, template=template, max_tokens=max_tokens,
-                   temperature=temperature, top_p=top_p, device=device, ready=ready)
+                   temperature=temperature, top_p=top_p, device=device, max_batch=max_batch, ready=ready)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
         _fail(exc)
 

@@ -313,3 +313,63 @@ def test_streaming_adds_up_to_the_plain_answer(server, extra):
         assert g["finish_reason"] == want["finish_reason"]
     if "stop" in extra:
         assert all("3" not in c["message"]["content"] for c in plain["choices"])
+
+
+# ---------------------------------------------------------------- batching concurrent requests
+def test_batcher_routes_each_requests_rows_back_to_it(checkpoint):
+    """Jobs waiting together are decoded as one batch with the real sampler: each gets exactly
+    the rows the sampler gives its prompt in that batch; a streaming job gets its own steps; a
+    seeded job is decoded alone."""
+    from r1lab.config import ModelConfig
+    from r1lab.models import load_policy
+    from r1lab.rollout import SamplingParams
+    from r1lab.rollout.hf import HFSampler
+    from r1lab.serve.app import Batcher, _Job
+
+    model, tok = load_policy(ModelConfig(path=str(checkpoint), device="cpu"))
+    sampler = HFSampler(model, tok)
+    params = SamplingParams(n=2, max_new_tokens=12, temperature=0.0)
+    prompts = [tok(f"Q:{q}\nA:")["input_ids"] for q in ("12+30", "345+67", "8+91")]
+    batcher = Batcher(sampler, max_prompts=8, window_s=1.0)  # a long window: all three join
+    steps: dict[int, list[int]] = {0: [], 1: []}
+
+    def record(t, rows, toks):
+        for r, k in zip(rows, toks, strict=True):
+            steps[r].append(k)
+
+    seeded = batcher.submit(_Job(prompts[0], SamplingParams(n=2, max_new_tokens=12, seed=5)))
+    jobs = [batcher.submit(_Job(prompts[0], params)), batcher.submit(_Job(prompts[1], params, record)),
+            batcher.submit(_Job(prompts[2], params))]
+    for j in (seeded, *jobs):
+        j.wait()
+    assert seeded.batch_prompts == 1 and all(j.batch_prompts == 3 for j in jobs)
+    want = sampler.generate(prompts, params)  # the same batch, decoded directly
+    lengths = want.lengths.tolist()
+    for i, j in enumerate(jobs):
+        assert j.error is None
+        assert j.texts == want.texts[2 * i:2 * i + 2]
+        assert j.finish_reasons == want.finish_reasons[2 * i:2 * i + 2]
+        assert j.completion_tokens == sum(lengths[2 * i:2 * i + 2])
+    for r in (0, 1):  # the streamed tokens of job 1 are its two rows, eos included
+        assert tok.decode(steps[r], skip_special_tokens=True) == jobs[1].texts[r]
+
+
+def test_concurrent_requests_are_batched_and_all_answered(server):
+    import concurrent.futures
+
+    questions = [f"{a}+{b}" for a, b in zip(range(10, 90, 10), range(91, 99), strict=True)]
+
+    def ask(q):
+        req = urllib.request.Request(
+            server + "/v1/chat/completions", headers={"Content-Type": "application/json"},
+            data=json.dumps({"messages": [{"role": "user", "content": q}], "max_tokens": 24, "temperature": 1.0}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return int(r.headers["x-r1lab-batch-prompts"]), json.load(r)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, questions))
+    assert len(answers) == 8
+    for batch, body in answers:
+        assert 1 <= batch <= 8 and body["choices"][0]["finish_reason"] in ("stop", "length")
+        assert body["usage"]["completion_tokens"] <= 24
+    assert max(b for b, _ in answers) > 1  # requests that arrived together were decoded together

@@ -14,10 +14,10 @@ With `stream: true` the answer comes as server-sent events, token by token:
 turn into a tag or a stop string is held back until it cannot, so what is sent is never taken
 back). A stop string is left out of the answer, as in OpenAI's API.
 
-Requests are answered one at a time with r1lab's own KV-cached sampler (the model is not
-thread-safe; `n` samples of one request are one batch). Tools and logprobs are not supported: such
-a request gets a 400 that says so. A bad request gets a 400 in OpenAI's error format naming the
-field.
+Generation runs on one thread with r1lab's own KV-cached sampler (the model is not
+thread-safe); concurrent requests with the same sampling settings are decoded as one batch
+(`Batcher`; seeded requests alone). Tools and logprobs are not supported: such a request gets a
+400 that says so. A bad request gets a 400 in OpenAI's error format naming the field.
 
 Needs the `serve` extra: `pip install 'r1lab[serve]'` (fastapi, uvicorn).
 """

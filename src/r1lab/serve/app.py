@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import queue
 import threading
@@ -197,25 +198,117 @@ def _openai_error(status: int, message: str, param: str | None, kind: str = "inv
                         content={"error": {"message": message, "type": kind, "param": param, "code": None}})
 
 
+class _Job:
+    """One request's generation: its prompt, settings, and (when streaming) a step callback."""
+
+    def __init__(self, ids: list[int], params, on_step=None) -> None:
+        self.ids, self.params, self.on_step = ids, params, on_step
+        self.done = threading.Event()
+        self.texts: list[str] = []
+        self.finish_reasons: list[str] = []
+        self.completion_tokens = 0
+        self.batch_prompts = 0  # how many prompts its decode batch had
+        self.error: BaseException | None = None
+
+    def wait(self) -> _Job:
+        self.done.wait()
+        return self
+
+
+class Batcher:
+    """Runs every generation on one thread (the model is not thread-safe). Requests with the
+    same sampling settings and no seed that are waiting when a decode starts, or arrive within
+    `window_s` of the first, are decoded as one batch of up to `max_prompts` prompts: on a CPU a
+    decoding step for 16 prompts costs little more than for one, because it reads the same
+    weights. Seeded requests run alone, so their samples do not depend on their neighbours."""
+
+    def __init__(self, sampler, max_prompts: int = 16, window_s: float = 0.005) -> None:
+        self.sampler, self.max_prompts, self.window_s = sampler, max(1, max_prompts), window_s
+        self.pending: collections.deque[_Job] = collections.deque()
+        self.cv = threading.Condition()
+        threading.Thread(target=self._loop, name="r1lab-serve-batcher", daemon=True).start()
+
+    def submit(self, job: _Job) -> _Job:
+        with self.cv:
+            self.pending.append(job)
+            self.cv.notify()
+        return job
+
+    def _take(self) -> list[_Job]:
+        with self.cv:
+            while not self.pending:
+                self.cv.wait()
+            first = self.pending.popleft()
+            batch = [first]
+            if first.params.seed is not None:
+                return batch
+            deadline = time.monotonic() + self.window_s
+            while True:
+                for job in [j for j in self.pending if j.params == first.params]:
+                    if len(batch) == self.max_prompts:
+                        break
+                    self.pending.remove(job)
+                    batch.append(job)
+                left = deadline - time.monotonic()
+                if len(batch) == self.max_prompts or left <= 0:
+                    return batch
+                self.cv.wait(left)
+
+    def _loop(self) -> None:
+        while True:
+            self._run(self._take())
+
+    def _run(self, jobs: list[_Job]) -> None:
+        """Decode `jobs` as one batch; each gets its rows' texts (and, streaming, its steps)."""
+        n = jobs[0].params.n
+        streaming = [j.on_step is not None for j in jobs]
+
+        def on_step(t: int, rows: list[int], tokens: list[int]) -> None:
+            per_job: dict[int, tuple[list[int], list[int]]] = {}
+            for row, tok in zip(rows, tokens, strict=True):
+                if streaming[row // n]:
+                    local = per_job.setdefault(row // n, ([], []))
+                    local[0].append(row % n)
+                    local[1].append(tok)
+            for j, (local_rows, toks) in per_job.items():
+                jobs[j].on_step(t, local_rows, toks)
+
+        try:
+            out = self.sampler.generate([j.ids for j in jobs], jobs[0].params,
+                                        on_step=on_step if any(streaming) else None)
+            lengths = out.lengths.tolist()
+            for j, job in enumerate(jobs):
+                rows = slice(j * n, (j + 1) * n)
+                job.texts, job.finish_reasons = out.texts[rows], out.finish_reasons[rows]
+                job.completion_tokens = int(sum(lengths[rows]))
+                job.batch_prompts = len(jobs)
+        except Exception as exc:  # noqa: BLE001 - every request of the batch reports it
+            for job in jobs:
+                job.error = exc
+        for job in jobs:
+            job.done.set()
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
 
 def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero",
-              max_tokens: int = 1024, temperature: float = 0.6, top_p: float = 0.95):
-    """A FastAPI app serving `model` (defaults: the paper's sampling, T=0.6, top-p 0.95)."""
+              max_tokens: int = 1024, temperature: float = 0.6, top_p: float = 0.95,
+              max_batch: int = 16):
+    """A FastAPI app serving `model` (defaults: the paper's sampling, T=0.6, top-p 0.95);
+    concurrent requests are decoded together, up to `max_batch` prompts (1: one at a time)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import StreamingResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
 
     from r1lab.rollout import SamplingParams
     from r1lab.rollout.hf import HFSampler
 
     template_fn = TEMPLATES.get(template)
     context = getattr(model.config, "max_position_embeddings", None)
-    sampler = HFSampler(model, tokenizer)
-    lock = threading.Lock()  # one generation at a time: the model and sampler are not thread-safe
+    batcher = Batcher(HFSampler(model, tokenizer), max_batch)
     created = int(time.time())
     app = FastAPI(title="r1lab", description="OpenAI-compatible chat server for reasoning models")
 
@@ -281,39 +374,36 @@ def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
             return StreamingResponse(_stream(head, ids, params, thinking, usage), media_type="text/event-stream")
-        try:
-            with lock:
-                batch = sampler.generate([ids], params)
-        except Exception as exc:  # noqa: BLE001 - reported to the client, the server stays up
+        job = batcher.submit(_Job(ids, params)).wait()
+        if job.error is not None:
+            exc = job.error
             return _openai_error(500, f"generation failed: {type(exc).__name__}: {exc}", None, "server_error")
         choices = []
-        for i, (out, finish) in enumerate(zip(batch.texts, batch.finish_reasons, strict=True)):
+        for i, (out, finish) in enumerate(zip(job.texts, job.finish_reasons, strict=True)):
             reasoning, content = split_reasoning(cut_at_stop(out, stop), thinking)
             choices.append({"index": i, "finish_reason": finish, "logprobs": None,
                             "message": {"role": "assistant", "content": content,
                                         "reasoning_content": reasoning}})
-        return {**head, "object": "chat.completion", "choices": choices,
-                "usage": _usage(len(ids), int(batch.lengths.sum()))}
+        body = {**head, "object": "chat.completion", "choices": choices,
+                "usage": _usage(len(ids), job.completion_tokens)}
+        return JSONResponse(body, headers={"x-r1lab-batch-prompts": str(job.batch_prompts)})
 
     def _stream(head: dict, ids: list[int], params, thinking: bool, include_usage: bool):
         """Server-sent events as OpenAI streams them: a role chunk, content / reasoning_content
         deltas as tokens are decoded, a finish_reason chunk per choice, [usage], [DONE]."""
         events: queue.Queue = queue.Queue()
+        job = _Job(ids, params, on_step=lambda t, rows, toks: events.put(("step", rows, toks)))
 
         def produce() -> None:
-            try:
-                with lock:
-                    batch = sampler.generate([ids], params, on_step=lambda t, rows, toks: events.put(("step", rows, toks)))
-                events.put(("done", batch))
-            except Exception as exc:  # noqa: BLE001 - reported in the stream
-                events.put(("error", exc))
+            batcher.submit(job).wait()
+            events.put(("error", job.error) if job.error is not None else ("done", job))
 
         def chunk(index: int, delta: dict, finish: str | None = None) -> str:
             body = {**head, "object": "chat.completion.chunk",
                     "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}
             return f"data: {json.dumps(body)}\n\n"
 
-        threading.Thread(target=produce, name="r1lab-serve-generate", daemon=True).start()
+        threading.Thread(target=produce, name="r1lab-serve-stream", daemon=True).start()
         n = params.n
         splitters = [StreamSplitter(thinking, params.stop) for _ in range(n)]
         detok = [IncrementalDetokenizer(tokenizer) for _ in range(n)]
@@ -338,13 +428,13 @@ def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero
                 yield f"data: {json.dumps(body)}\n\n"
                 break
             else:
-                batch = item[0]
-                for i, (out, finish) in enumerate(zip(batch.texts, batch.finish_reasons, strict=True)):
+                done = item[0]
+                for i, (out, finish) in enumerate(zip(done.texts, done.finish_reasons, strict=True)):
                     yield from deltas(i, splitters[i].finish(out))
                     yield chunk(i, {}, finish)
                 if include_usage:
                     body = {**head, "object": "chat.completion.chunk", "choices": [],
-                            "usage": _usage(len(ids), int(batch.lengths.sum()))}
+                            "usage": _usage(len(ids), done.completion_tokens)}
                     yield f"data: {json.dumps(body)}\n\n"
                 break
         yield "data: [DONE]\n\n"
@@ -354,7 +444,7 @@ def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero
 
 def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
           template: str = "auto", max_tokens: int = 1024, temperature: float = 0.6, top_p: float = 0.95,
-          device: str = "auto", threads: int | None = None, ready: Any = None) -> None:
+          device: str = "auto", threads: int | None = None, max_batch: int = 16, ready: Any = None) -> None:
     """Load `checkpoint` (a local Hugging Face directory) and serve it until interrupted."""
     try:
         import uvicorn
@@ -368,7 +458,7 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     template = resolve_template(checkpoint, tokenizer, template)
     name = name or Path(checkpoint).resolve().name
     app = build_app(model, tokenizer, name=name, template=template, max_tokens=max_tokens,
-                    temperature=temperature, top_p=top_p)
+                    temperature=temperature, top_p=top_p, max_batch=max_batch)
     if ready is not None:
         ready(name, template)
     uvicorn.run(app, host=host, port=port, log_level="warning")
