@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from r1lab.rewards.sandbox import _UID_BASE, Limits, run_python
+from r1lab.rewards.sandbox import _UID_BASE, Limits, run_python, uid_processes
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX sandbox")
 FAST = Limits(wall_s=3.0, cpu_s=3, memory_bytes=512 << 20, processes=16, output_bytes=64 << 10)
@@ -208,18 +208,6 @@ print(json.dumps({"isolated": r.isolated, "timed_out": r.timed_out, "rc": r.retu
 """
 
 
-def nobody_processes() -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and d.stat().st_uid == NOBODY:
-                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                pids += [int(d.name)] if state not in "ZX" else []
-        except OSError:
-            pass
-    return pids
-
-
 @pytest.fixture
 def as_nobody():
     """run_python(source) called by a process of uid/gid 65534, as on a workstation without root.
@@ -320,12 +308,12 @@ print("mount", libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
 
 
 def test_without_root_a_fork_bomb_and_daemons_die_with_the_run(as_nobody):
-    before = set(nobody_processes())  # anything else of that uid on the host is not ours
+    before = set(uid_processes(NOBODY))  # anything else of that uid on the host is not ours
     r = as_nobody("import os, time\n"
                   "if os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
                   "while True:\n    try: os.fork()\n    except OSError: pass", wall_s=1.5)
     assert r["isolated"] and r["timed_out"], r
     deadline = time.monotonic() + 3
-    while set(nobody_processes()) - before and time.monotonic() < deadline:
+    while set(uid_processes(NOBODY)) - before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert set(nobody_processes()) - before == set()
+    assert set(uid_processes(NOBODY)) - before == set()
