@@ -37,6 +37,12 @@ class Problem:
     def row(self) -> dict[str, str]:
         return {"question": self.question, "answer": self.answer, "key": self.key}
 
+    def completion(self, worked: bool = True) -> str:
+        """The answer in the R1 format: `<think>` + the worked solution + `</think>` (when
+        `worked`), then `<answer>…</answer>`."""
+        body = f"<think>{self.think}</think>" if worked else ""
+        return f"{body}<answer>{self.answer}</answer>"
+
 
 @dataclass(frozen=True)
 class Task:
@@ -141,5 +147,5 @@ def worked_examples(task: str, n: int, *, seed: int, min_digits: int = 2, max_di
     '<think>'
     """
     problems = generate(task, n, seed=seed, split="train", min_digits=min_digits, max_digits=max_digits)
-    return [{question_field: p.question, completion_field: f"<think>{p.think}</think><answer>{p.answer}</answer>",
-             "answer": p.answer} for p in problems]
+    return [{question_field: p.question, completion_field: p.completion(), "answer": p.answer}
+            for p in problems]

@@ -55,9 +55,7 @@ def pretrain_corpus(cfg: RunConfig, seed: int) -> list[tuple[str, str]]:
     pairs = []
     for _ in range(cfg.pretrain.corpus_size):
         p = next(problems)
-        worked = rng.random() < cfg.pretrain.think_fraction
-        body = f"<think>{p.think}</think>" if worked else ""
-        pairs.append((template(p.question, None), f"{body}<answer>{p.answer}</answer>"))
+        pairs.append((template(p.question, None), p.completion(worked=rng.random() < cfg.pretrain.think_fraction)))
     return pairs
 
 
