@@ -111,15 +111,8 @@ def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) 
         return run_grpo(scfg, folder, console=console, resume="latest")
 
     def sft(scfg: RunConfig, folder: Path) -> dict[str, Any]:
-        result = run_sft(scfg, folder, console=console)
-        if heldout:  # the SFT stages' data is a file; the pipeline's task has held-out problems
-            from r1lab.config import ModelConfig
-            from r1lab.models import load_policy
-            from r1lab.pipeline.run import heldout_eval
-
-            model, tokenizer = load_policy(ModelConfig(path=result["final"], device=scfg.model.device))
-            result["eval"] = heldout_eval(cfg, model, tokenizer, heldout, folder)
-        return result
+        # the SFT stages' data is a file; the pipeline's task has held-out problems
+        return run_sft(scfg, folder, console=console, heldout=heldout)
 
     model = {}  # stage 1 skipped: the base model as configured
     if cfg.pipeline.cold_start:

@@ -26,8 +26,11 @@ from r1lab.train.common import seed_everything
 from r1lab.train.sft import encode_pairs, train_sft
 
 
-def run_sft(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
-    """Fine-tune `model` on `data.source`, save `OUT/final`; every row and name is checked first."""
+def run_sft(cfg: RunConfig, out_dir: str | Path, console: Console | None = None,
+            heldout: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Fine-tune `model` on `data.source`, save `OUT/final`; every row and name is checked first.
+    With `heldout` rows (a task's held-out problems) the trained model is evaluated on them
+    (`OUT/eval.json`, `result["eval"]`)."""
     console = console or Console()
     d, s = cfg.data, cfg.sft
     if d.source.startswith("synthetic:"):
@@ -64,6 +67,10 @@ def run_sft(cfg: RunConfig, out_dir: str | Path, console: Console | None = None)
     tokenizer.save_pretrained(final)
     result = {"rows": len(rows), "steps": s.steps, "first_loss": losses[0], "last_loss": losses[-1],
               "final": str(final), "train_seconds": time.perf_counter() - t0}
+    if heldout:
+        from r1lab.pipeline.run import heldout_eval
+
+        result["eval"] = heldout_eval(cfg, model, tokenizer, heldout, out)
     (out / "result.json").write_text(json.dumps(result, indent=2))
     console.print(f"SFT finished: {len(rows)} rows, {s.steps} steps, loss {losses[0]:.3f} -> "
                   f"{losses[-1]:.3f}; checkpoint {final}", highlight=False)
