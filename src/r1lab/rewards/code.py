@@ -1,11 +1,38 @@
-"""Code execution reward: the fraction of tests a model-written program passes, judged outside it.
+"""Code execution reward: the tests a model-written program passes, judged outside it.
 
-Tests (`row["tests"]`) are either assert statements (`"assert add(2, 3) == 5"`, several per
-string allowed, other statements run as setup) or stdin/stdout pairs (`{"input", "output"}`).
+Row contract (the fields this reward reads; `r1lab.data` turns HumanEval / MBPP / stdin-stdout
+rows into these, and a row that lacks them is an error before the run, see `check_code_row`):
+
+* `tests` (the `tests_key` option): one of
+    - a list of assert strings (MBPP `test_list`): `"assert add(2, 3) == 5"`; several
+      statements per string are allowed, statements other than asserts run as setup;
+    - a list of stdin/stdout pairs `{"input": str, "output": str}` (APPS, CodeContests,
+      LiveCodeBench): output compared line by line, trailing whitespace ignored;
+    - one HumanEval check program (a string with `def check(candidate): ...`); it needs
+      `entry_point`. Every `assert` it executes counts as one test, inside loops too.
+* `entry_point` (str, HumanEval): the function `check` is called with.
+* `code_prefix` (str, optional, HumanEval's `prompt`): the code a completion continues; with
+  `program: continuation` the program is `code_prefix + completion`, and its imports and helper
+  functions are put before a full program found in a fence too.
+* `test_setup` (str, optional, MBPP's `test_setup_code` / imports): run before the tests.
+* `code_format` (str, optional): `humaneval` | `mbpp` | `stdio`; when absent it is inferred
+  (`entry_point` -> humaneval, dict tests -> stdio, else mbpp). It picks the default of
+  `program` (where the program is): `answer` (the last fence in `<answer>`, else the answer
+  block, else the last fence anywhere), `bare` (as `answer`, else the whole completion outside
+  `<think>`), `continuation` (`code_prefix` + completion), `auto` (humaneval: a fenced or
+  answered program if it defines `entry_point`, else continuation; mbpp/stdio: bare).
+
+Scoring: `scoring: partial` (fraction of tests passed, the default) or `all` (1.0 iff every
+test passes, as benchmarks count pass@1). Metrics `no_code` / `no_tests` say when there was no
+program or no test to run; either scores 0.
+
 The expected values never enter the sandbox. Each assert is split: the parts that call the
 model's code (`add(2, 3)`) become *probes*, evaluated in the sandbox and sent back as plain
 builtin values; the rest (`__p0 == 5`) is evaluated here, on those plain values, with a small
-set of safe builtins. So the program's exit status, its prints, `sys.exit(0)`, a patched
+set of safe builtins. A HumanEval check function is run twice: once in the sandbox with the
+model's function, where only the candidate's return values are recorded, and once in a second
+sandbox with no model code in it, where `candidate` replays those plain values and the check's
+own asserts are counted. So the program's exit status, its prints, `sys.exit(0)`, a patched
 `assert` or an object whose `__eq__` always says yes, cannot pass a test. A program that
 rewrites the runner in its own memory can report any value it likes for a probe, but it still
 has to know the right value, which is solving the task.
