@@ -138,6 +138,16 @@ class AlgorithmConfig(Section):
         "when the run has no such component")
     mask_truncated: bool = Field(False, description="completions cut at max_new_tokens: no loss")
 
+    @model_validator(mode="after")
+    def _options_fit(self) -> AlgorithmConfig:
+        """An option set here that the chosen function does not take is an error naming the key
+        (`r1lab.algorithms.options`); unknown component names are left to `check_config`."""
+        from r1lab.algorithms.options import KINDS, resolve_algorithm
+
+        if all(getattr(self, key) in registry for registry, key in KINDS.values()):
+            resolve_algorithm(self)
+        return self
+
 
 class CriticConfig(Section):
     """PPO's value model (a copy of the policy's backbone + a linear head) and GAE constants.
@@ -290,7 +300,10 @@ def _describe(exc: ValidationError, root: type[BaseModel]) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(_shown(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        option = (err.get("ctx") or {}).get("error")
+        if err["type"] == "value_error" and hasattr(option, "key"):  # algorithms.OptionError
+            lines.append(f"{'.'.join([*map(_shown, err['loc']), option.key])}: {option.message}")
+        elif err["type"] == "extra_forbidden":
             valid = _valid_keys(root, err["loc"][:-1])
             shown = ", ".join(valid[:3]) + (", ..." if len(valid) > 3 else "")
             lines.append(f"{key}: unknown key (valid: {shown})")

@@ -12,6 +12,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from r1lab.r1_format import parse_r1
+
 #: words the paper and follow-ups count as self-reflection / verification
 REFLECTION_WORDS = ("wait", "verify", "check", "recheck", "re-evaluate", "reevaluate", "mistake",
                     "however", "actually", "alternatively", "hmm")
@@ -19,11 +21,8 @@ _WORD = re.compile(r"[a-z][a-z-]*")
 
 
 def think_text(completion: str) -> str:
-    start = completion.find("<think>")
-    if start < 0:
-        return ""
-    end = completion.find("</think>", start)
-    return completion[start + 7 : end if end >= 0 else len(completion)]
+    """The reasoning of a completion (`r1lab.r1_format.parse_r1`), "" when it has none."""
+    return parse_r1(completion).reasoning or ""
 
 
 def think_length(completion: str) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from r1lab.r1_format import parse_r1
+
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # what may sit between two \boxed{} for them to be read as one list of answers
 _LIST_GAP_RE = re.compile(
@@ -17,7 +19,7 @@ _LIST_GAP_RE = re.compile(
 
 
 def strip_think(text: str) -> str:
-    """The part of `text` that is not thinking.
+    """The part of `text` that is not thinking (`r1lab.r1_format.parse_r1`'s `visible`).
 
     >>> strip_think("<think>2+2=5?</think><answer>4</answer>")
     '<answer>4</answer>'
@@ -26,9 +28,7 @@ def strip_think(text: str) -> str:
     >>> strip_think("<answer>4</answer><think>unfinished")
     '<answer>4</answer>'
     """
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
-    return text.split("<think>", 1)[0]
+    return parse_r1(text).visible
 
 
 def last_block(text: str, tag: str) -> str | None:

@@ -14,22 +14,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from r1lab.data.templates import TEMPLATES
+from r1lab.r1_format import parse_r1
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
 
 def _parts(text: str) -> tuple[str | None, str]:
-    """(reasoning, answer) of a completion, unstripped; see `split_reasoning`."""
-    reasoning = None
-    opened, closed = text.find("<think>"), text.find("</think>")
-    if closed >= 0 and (opened < 0 or opened > closed):
-        reasoning, text = text[:closed], text[closed + len("</think>"):]
-    elif opened >= 0 and closed > opened:
-        reasoning = text[opened + len("<think>"):closed]
-        text = text[:opened] + text[closed + len("</think>"):]
-    elif opened >= 0:
-        reasoning, text = text[opened + len("<think>"):], text[:opened]
-    return reasoning, text.replace("<answer>", "").replace("</answer>", "")
+    """(reasoning, answer) of a completion, unstripped: `r1lab.r1_format.parse_r1`'s split."""
+    parts = parse_r1(text)
+    return parts.reasoning, parts.content
 
 
 def split_reasoning(text: str, thinking: bool = False) -> tuple[str | None, str]:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from r1lab.r1_format import parse_r1
+
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
@@ -33,7 +35,7 @@ def join_prompt_completion(
     prompt_ids: P lists; completion_ids/mask: [N, T] with N = P * n.
     Returns input_ids [N, L+T], attention_mask [N, L+T], position_ids [N, L+T], L.
     """
-    from r1lab.rollout.hf import left_pad
+    from r1lab.tensors import left_pad
 
     n = completion_ids.shape[0] // len(prompt_ids)
     ids, mask, _ = left_pad(prompt_ids, pad_id, completion_ids.device)  # [P, L]
@@ -125,7 +127,5 @@ def _jsonable(x: Any) -> Any:
 
 
 def thinks(text: str) -> bool:
-    """A completion 'thinks' when it holds a non-empty <think>...</think> block."""
-    start = text.find("<think>")
-    end = text.find("</think>", start + 7)
-    return start >= 0 and end > start + 7 and bool(text[start + 7 : end].strip())
+    """A completion 'thinks' when it holds a closed, non-empty think block (`parse_r1`)."""
+    return parse_r1(text).thinks
