@@ -1,14 +1,21 @@
 """Pure tensor functions of RL for LLMs: advantages, policy losses, loss aggregation, KL.
 
-Each kind has one registry and one signature; the trainer looks components up by the name in
-the config and never branches on algorithm names::
+Each kind has one registry; the trainer looks components up by the name in the config, bound to
+their validated options, and never branches on algorithm names::
 
-    from r1lab.algorithms import ADVANTAGES, POLICY_LOSSES, AGGREGATIONS, KL_ESTIMATORS
+    from r1lab.algorithms import resolve_algorithm
 
-    adv = ADVANTAGES.get(name)(rewards, group_size=G, mask=mask, values=None, **opts)  # [N, T]
-    per_token_loss, metrics = POLICY_LOSSES.get(name)(logp, old_logp, adv, mask, **opts)
-    per_token_loss = per_token_loss + beta * KL_ESTIMATORS.get("k3")(logp, ref_logp)  # [N, T]
-    loss = AGGREGATIONS.get(name)(per_token_loss, mask, num_tokens=global_tokens)  # scalar
+    alg = resolve_algorithm(cfg.algorithm)  # an option the chosen function lacks is an error
+    adv = alg.advantage(rewards=r, component_rewards=rc, component_weights=w, group_size=G,
+                        mask=mask, values=None)  # [N, T]
+    per_token, metrics = alg.loss(logp=logp, old_logp=old_logp, advantages=adv, mask=mask)
+    if alg.kl is not None:  # beta > 0
+        per_token = per_token + beta * alg.kl(logp=logp, ref_logp=ref, old_logp=old_logp, mask=mask)
+    loss = alg.aggregation(per_token=per_token, mask=mask, num_tokens=global_tokens,
+                           num_seqs=global_seqs, norm_len=max_new_tokens)  # scalar
+
+Each call passes the function the inputs its signature names (see ``options.INPUTS``) plus the
+config options it takes (``options.OPTIONS`` maps ``algorithm.*`` keys to parameters).
 
 Peer recipes as r1lab settings (each function's docstring names the setting it reproduces):
 
@@ -32,10 +39,26 @@ from r1lab.algorithms.metrics import (
     entropy_from_logits,
     zero_signal_groups,
 )
+from r1lab.algorithms.options import (
+    INPUTS,
+    OPTIONS,
+    Algorithm,
+    Chosen,
+    OptionError,
+    choose,
+    resolve_algorithm,
+)
 
 __all__ = [
     "ADVANTAGES",
     "AGGREGATIONS",
+    "INPUTS",
+    "OPTIONS",
+    "Algorithm",
+    "Chosen",
+    "OptionError",
+    "choose",
+    "resolve_algorithm",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
     "approx_kl",

@@ -2,7 +2,7 @@
 
 One signature, called through ``AGGREGATIONS``::
 
-    loss = AGGREGATIONS.get(name)(per_token_loss, mask, *, num_tokens=None, num_seqs=None,
+    loss = AGGREGATIONS.get(name)(per_token, mask, *, num_tokens=None, num_seqs=None,
                                   norm_len=None)
 
 Gradient accumulation and data parallelism: pass ``num_tokens`` / ``num_seqs`` as the counts of
@@ -64,7 +64,7 @@ def _count(given: float | int | Tensor | None, local: Tensor | int) -> Tensor | 
 
 @AGGREGATIONS.register("token_mean")
 def token_mean(
-    per_token_loss: Tensor,
+    per_token: Tensor,
     mask: Tensor,
     *,
     num_tokens: float | Tensor | None = None,
@@ -84,13 +84,13 @@ def token_mean(
     >>> token_mean(loss, mask, num_tokens=8)  # this micro-batch holds half of the batch's tokens
     tensor(1.2500)
     """
-    local = mask.to(per_token_loss.dtype).sum()
-    return masked_sum(per_token_loss, mask) / _count(num_tokens, local)
+    local = mask.to(per_token.dtype).sum()
+    return masked_sum(per_token, mask) / _count(num_tokens, local)
 
 
 @AGGREGATIONS.register("seq_mean_token_mean")
 def seq_mean_token_mean(
-    per_token_loss: Tensor,
+    per_token: Tensor,
     mask: Tensor,
     *,
     num_tokens: float | Tensor | None = None,
@@ -109,14 +109,14 @@ def seq_mean_token_mean(
     >>> seq_mean_token_mean(loss, mask)  # (2 + 4) / 2
     tensor(3.)
     """
-    lengths = mask.to(per_token_loss.dtype).sum(-1).clamp(min=1)  # [N]
-    per_seq = masked_sum(per_token_loss, mask, dim=-1) / lengths  # [N]
+    lengths = mask.to(per_token.dtype).sum(-1).clamp(min=1)  # [N]
+    per_seq = masked_sum(per_token, mask, dim=-1) / lengths  # [N]
     return per_seq.sum() / _count(num_seqs, per_seq.shape[0])
 
 
 @AGGREGATIONS.register("seq_mean_token_sum")
 def seq_mean_token_sum(
-    per_token_loss: Tensor,
+    per_token: Tensor,
     mask: Tensor,
     *,
     num_tokens: float | Tensor | None = None,
@@ -130,12 +130,12 @@ def seq_mean_token_sum(
     >>> seq_mean_token_sum(loss, mask)  # (6 + 4) / 2
     tensor(5.)
     """
-    return masked_sum(per_token_loss, mask) / _count(num_seqs, per_token_loss.shape[0])
+    return masked_sum(per_token, mask) / _count(num_seqs, per_token.shape[0])
 
 
 @AGGREGATIONS.register("seq_mean_token_sum_norm")
 def seq_mean_token_sum_norm(
-    per_token_loss: Tensor,
+    per_token: Tensor,
     mask: Tensor,
     *,
     num_tokens: float | Tensor | None = None,
@@ -154,5 +154,5 @@ def seq_mean_token_sum_norm(
     >>> seq_mean_token_sum_norm(loss, mask, norm_len=5)  # (6 + 4) / (2 * 5)
     tensor(1.)
     """
-    length = per_token_loss.shape[-1] if norm_len is None else norm_len
-    return masked_sum(per_token_loss, mask) / (_count(num_seqs, per_token_loss.shape[0]) * length)
+    length = per_token.shape[-1] if norm_len is None else norm_len
+    return masked_sum(per_token, mask) / (_count(num_seqs, per_token.shape[0]) * length)
