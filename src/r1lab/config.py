@@ -124,6 +124,15 @@ class AlgorithmConfig(Section):
     eps_low: float = Field(0.2, ge=0.0)
     eps_high: float = Field(0.2, ge=0.0)
     dual_clip_c: float | None = Field(None, gt=1.0)
+    clip_delta: float | None = Field(
+        None, gt=1.0, description="TRL's two-sided clip `delta`: the loss `clip` caps the "
+        "unclipped ratio at delta (INTELLECT-2; use > 1 + eps_high)")
+    kl_clamp: float | None = Field(
+        10.0, gt=0.0, description="k3 clamped to [-c, c] (verl's low_var_kl: 10); null = "
+        "unclamped (TRL)")
+    kl_bias_correction: bool = Field(
+        False, description="k3 times the importance ratio pi/pi_old (TRL 1.16's default "
+        "use_bias_correction_kl, DeepSeek-V3.2)")
     adv_eps: float = Field(1e-4, gt=0.0)
     adv_ddof: int = Field(1, ge=0)
     scale_rewards: Literal["group", "batch", "none"] = "group"

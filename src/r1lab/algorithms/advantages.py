@@ -4,6 +4,8 @@ One signature, called through ``ADVANTAGES``::
 
     adv = ADVANTAGES.get(name)(rewards, *, group_size, mask, values=None, **opts)  # [N, T]
 
+(``resolve_algorithm(cfg).advantage`` also offers ``component_rewards [N, C]``, the unweighted
+reward of each component, and ``component_weights [C]``; ``normalize_then_sum`` uses those.)
 ``rewards`` is ``[N]``, ``N = B * G``, grouped contiguously: rows ``i*G .. (i+1)*G - 1`` are the
 ``G`` completions of prompt ``i``. ``mask [N, T]`` is 1 on completion tokens. Sequence-level
 estimators broadcast their ``[N]`` advantage over the mask and put 0 on padding. Options are
@@ -116,6 +118,53 @@ def dr_grpo(
             [-0.2500]])
     """
     return grpo(rewards, group_size=group_size, mask=mask, scale="none")
+
+
+@ADVANTAGES.register("normalize_then_sum")
+def normalize_then_sum(
+    rewards: Tensor | None = None,
+    *,
+    component_rewards: Tensor,
+    component_weights: Tensor,
+    group_size: int,
+    mask: Tensor,
+    values: Tensor | None = None,
+    eps: float = 1e-4,
+    ddof: int = 1,
+) -> Tensor:
+    """Multi-reward GRPO that normalises each reward before summing (GDPO, Liu et al. 2026).
+
+    ``component_rewards [N, C]`` are the unweighted rewards, one column per component. Each
+    column is normalised within its group, ``(r_k - mean_k) / (std_k + eps)``; the columns are
+    summed with ``component_weights [C]``; the sum is normalised over the whole batch,
+    ``(s - mean(s)) / (std(s) + eps)``. So a component whose group spread is small is not drowned
+    by one with a large spread. ``rewards`` (the weighted total) is not used. Reproduces TRL
+    ``multi_objective_aggregation="normalize_then_sum"`` (``eps=1e-4``, ``ddof=1``; TRL ignores
+    ``scale_rewards`` there, and this estimator does not take it). Size-1 groups give 0 in each
+    column, as in TRL. Under several processes the batch statistics are this process's.
+
+    >>> comp = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+    >>> normalize_then_sum(component_rewards=comp, component_weights=torch.tensor([1.0, 0.5]),
+    ...                    group_size=2, mask=torch.ones(4, 1))  # sums ~ [1, -1, 0.5, -0.5]
+    tensor([[ 1.0953],
+            [-1.0953],
+            [ 0.5476],
+            [-0.5476]])
+    """
+    comp = component_rewards.float() if not component_rewards.is_floating_point() else component_rewards
+    weights = component_weights.to(comp)
+    if comp.dim() != 2 or weights.shape != comp.shape[1:]:
+        raise ValueError(f"component_rewards must be [N, C] and component_weights [C], got "
+                         f"{tuple(comp.shape)} and {tuple(weights.shape)}")
+    n, c = comp.shape
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"{n} rewards do not split into groups of {group_size}")
+    grouped = comp.view(-1, group_size, c)  # [B, G, C]
+    std_k = _std(grouped, ddof, dim=1).unsqueeze(1)  # [B, 1, C]
+    normed = (grouped - grouped.mean(dim=1, keepdim=True)) / (std_k + eps)  # [B, G, C]
+    summed = (normed.reshape(n, c) * weights).sum(-1)  # [N]
+    advantages = (summed - summed.mean()) / (_std(summed, ddof) + eps)  # [N]
+    return _broadcast(advantages, mask)
 
 
 @ADVANTAGES.register("rloo")

@@ -1,8 +1,9 @@
 """Per-token estimators of KL(pi || pi_ref) from the log-probs of tokens sampled from pi.
 
-One signature, called through ``KL_ESTIMATORS``::
+One signature, called through ``KL_ESTIMATORS`` (or ``resolve_algorithm(cfg).kl``, which also
+offers ``old_logp`` and ``mask``)::
 
-    kl = KL_ESTIMATORS.get(name)(logp, ref_logp)  # [N, T]
+    kl = KL_ESTIMATORS.get(name)(logp, ref_logp, **opts)  # [N, T]
 
 Names follow John Schulman's note "Approximating KL Divergence" (2020), with
 ``log r = ref_logp - logp``:
@@ -14,6 +15,10 @@ Names follow John Schulman's note "Approximating KL Divergence" (2020), with
 Used in the loss (``per_token_loss + beta * kl``, as GRPO does) or subtracted from the reward
 (``kl_penalized_rewards``, as PPO-RLHF does). The padding positions are left as computed; mask
 them when aggregating.
+
+Peer settings: ``k3(clamp=10)`` is verl ``low_var_kl``; ``k3(clamp=None)`` TRL's
+``per_token_kl`` before 1.16's default correction, and ``k3(clamp=None, bias_correction=True)``
+TRL 1.16's default (``use_bias_correction_kl=True``: k3 times the importance ratio).
 """
 
 from __future__ import annotations
@@ -53,21 +58,45 @@ def k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 
 @KL_ESTIMATORS.register("k3")
-def k3(logp: Tensor, ref_logp: Tensor, *, clamp: float | None = K3_CLAMP) -> Tensor:
+def k3(
+    logp: Tensor,
+    ref_logp: Tensor,
+    *,
+    old_logp: Tensor | None = None,
+    clamp: float | None = K3_CLAMP,
+    bias_correction: bool = False,
+) -> Tensor:
     """``exp(ref_logp - logp) - (ref_logp - logp) - 1``, the GRPO estimator.
 
     Reproduces verl ``kl_penalty="low_var_kl"`` exactly: the log ratio is clamped to
     [-20, 20] before ``exp`` and the result to [-10, 10] (``clamp=None`` drops the second clamp and
     gives TRL's unclamped ``per_token_kl``; the two agree whenever k3 <= 10).
 
+    ``bias_correction=True`` multiplies k3 by the importance ratio ``exp(logp - sg[old_logp])``
+    (DeepSeek-V3.2; TRL 1.16's default ``use_bias_correction_kl=True``): the tokens were sampled
+    from ``pi_old``, so this makes the KL's gradient the unbiased reverse-KL gradient. It changes
+    the gradient even on-policy, where the ratio's value is 1 but its gradient is
+    ``d log pi``. The log ratio is clamped to [-20, 20] before ``exp``, as in the losses. TRL
+    with ``importance_sampling_level="sequence"`` multiplies by the sequence ratio instead; here
+    it is always the token ratio.
+
     >>> k3(torch.tensor([[-1.0, -1.0]]), torch.tensor([[-1.0, 0.0]]))  # e - 1 - 1
     tensor([[0.0000, 0.7183]])
     >>> k3(torch.tensor([[-30.0]]), torch.tensor([[0.0]]))  # would be e^20 - 21: clamped
     tensor([[10.]])
+    >>> k3(torch.tensor([[-1.0]]), torch.tensor([[0.0]]), old_logp=torch.tensor([[-1.0 - 0.5]]),
+    ...    bias_correction=True)  # (e - 2) * e^0.5
+    tensor([[1.1842]])
     """
     log_r = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, T]
     kl = torch.exp(log_r) - log_r - 1  # [N, T]
-    return kl if clamp is None else kl.clamp(-clamp, clamp)
+    kl = kl if clamp is None else kl.clamp(-clamp, clamp)
+    if not bias_correction:
+        return kl
+    if old_logp is None:
+        raise ValueError("k3 with bias_correction needs old_logp (the sampling policy's log-probs)")
+    log_is = (logp - old_logp.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, T]
+    return kl * torch.exp(log_is)  # [N, T]
 
 
 def kl_penalized_rewards(

@@ -11,6 +11,12 @@ tensors over the completion tokens of this call (no gradient).
 
 The log ratio is clamped to [-20, 20] before ``exp``, as verl does, so a stale token can not
 overflow the ratio to inf.
+
+Peer settings: ``clip`` is TRL's ``loss_type`` grpo/bnpo/dr_grpo/dapo surrogate (``epsilon``,
+``epsilon_high``, two-sided ``delta``) and verl's ``vanilla`` (``dual_clip_c`` = verl's
+``clip_ratio_c``); ``gspo`` is TRL ``importance_sampling_level="sequence"`` and verl
+``loss_mode=gspo``; ``cispo`` is verl ``loss_mode=cispo`` (and TRL ``loss_type="cispo"`` with
+``eps_low=1``, ``eps_high = epsilon_high - 1``); ``pg`` is REINFORCE.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import torch
 from torch import Tensor
 
 from r1lab.algorithms.aggregation import masked_mean
-from r1lab.algorithms.metrics import approx_kl, clip_fractions
+from r1lab.algorithms.metrics import approx_kl, clip_fractions, sequence_clip_fractions
 from r1lab.registry import Registry
 
 POLICY_LOSSES: Registry = Registry(
@@ -40,17 +46,26 @@ def _clipped_surrogate(
     eps_low: float,
     eps_high: float,
     dual_clip_c: float | None,
+    delta: float | None = None,
 ) -> tuple[Tensor, Metrics]:
-    """``-min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)``, optionally dual-clipped."""
-    unclipped = -advantages * ratio  # [N, T]
+    """``-min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A)``, optionally dual-clipped, with
+    ``r = min(ratio, delta)`` in the unclipped term when ``delta`` is set (TRL's two-sided clip)."""
+    capped = ratio if delta is None else ratio.clamp(max=delta)  # [N, T]
+    unclipped = -advantages * capped  # [N, T]
     clipped = -advantages * ratio.clamp(1 - eps_low, 1 + eps_high)  # [N, T]
     loss = torch.maximum(unclipped, clipped)  # [N, T]
-    metrics = clip_fractions(ratio, advantages, mask, eps_low=eps_low, eps_high=eps_high)
+    # TRL counts its clip metrics on the delta-capped ratio
+    metrics = clip_fractions(capped, advantages, mask, eps_low=eps_low, eps_high=eps_high)
+    if delta is not None:
+        if delta <= 0:
+            raise ValueError(f"delta must be > 0, got {delta}")
+        bound = (advantages < 0) & (ratio.detach() > delta)  # [N, T]: loss capped at -delta * A
+        metrics["delta_clip_frac"] = masked_mean(bound.float(), mask)
     if dual_clip_c is not None:
         if dual_clip_c <= 1.0:
             raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
-        capped = torch.minimum(loss, -advantages * dual_clip_c)  # [N, T]
-        loss = torch.where(advantages < 0, capped, loss)  # [N, T]
+        dual_capped = torch.minimum(loss, -advantages * dual_clip_c)  # [N, T]
+        loss = torch.where(advantages < 0, dual_capped, loss)  # [N, T]
         dual = (advantages < 0) & (ratio.detach() > dual_clip_c)  # [N, T]
         metrics["dual_clip_frac"] = masked_mean(dual.float(), mask)
     return loss, metrics
@@ -66,14 +81,19 @@ def clip(
     eps_low: float = 0.2,
     eps_high: float | None = None,
     dual_clip_c: float | None = None,
+    delta: float | None = None,
 ) -> tuple[Tensor, Metrics]:
     """PPO's clipped surrogate with token ratio ``pi / pi_old``, the GRPO loss.
 
     ``eps_high`` defaults to ``eps_low`` (symmetric, PPO/GRPO); DAPO's clip-higher uses
     ``eps_low=0.2, eps_high=0.28``. ``dual_clip_c`` (> 1, e.g. 3) caps the loss of a token with a
     negative advantage at ``-c * A``, so a huge ratio on a bad token can not blow up the update
-    (Ye et al. 2020). Reproduces TRL's ``per_token_loss`` (``epsilon``, ``epsilon_high``, before
-    the KL term) and verl's ``compute_policy_loss`` (``clip_ratio_low/high``, ``clip_ratio_c``).
+    (Ye et al. 2020). ``delta`` is TRL's two-sided clip (INTELLECT-2): the unclipped term uses
+    ``min(ratio, delta)``, so a negative-advantage token's loss is capped at ``-delta * A``
+    (for ``delta > 1 + eps_high``, the same loss as ``dual_clip_c = delta``). Reproduces TRL's
+    ``per_token_loss`` (``epsilon``, ``epsilon_high``, ``delta``, before the KL term; its
+    ``clip_ratio/*`` metrics, taken on the delta-capped ratio) and verl's
+    ``compute_policy_loss`` (``clip_ratio_low/high``, ``clip_ratio_c``).
 
     >>> logp = torch.log(torch.tensor([[1.5, 0.5, 4.0]]))  # old_logp = 0: ratios 1.5, 0.5, 4
     >>> adv = torch.tensor([[1.0, -1.0, -1.0]])
@@ -84,11 +104,14 @@ def clip(
     tensor([[-1.2000,  0.8000,  3.0000]])
     >>> round(m["clip_frac_high"].item(), 4), round(m["clip_frac_low"].item(), 4)
     (0.3333, 0.3333)
+    >>> clip(logp, torch.zeros(1, 3), adv, torch.ones(1, 3), delta=2.0)[0]  # -min(-2, -1.2)
+    tensor([[-1.2000,  0.8000,  2.0000]])
     """
     eps_high = eps_low if eps_high is None else eps_high
     log_ratio = (logp - old_logp.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, T]
     ratio = torch.exp(log_ratio)  # [N, T]
-    loss, metrics = _clipped_surrogate(ratio, advantages, mask, eps_low, eps_high, dual_clip_c)
+    loss, metrics = _clipped_surrogate(ratio, advantages, mask, eps_low, eps_high, dual_clip_c,
+                                       delta)
     metrics["approx_kl"] = approx_kl(logp, old_logp, mask)
     return loss, metrics
 
@@ -140,7 +163,8 @@ def gspo(
     advantages also work. The default clip range is the paper's (3e-4, 4e-4). Reproduces verl
     ``policy_loss.loss_mode=gspo`` (log ratio capped at 10) and, for sequence-level advantages,
     TRL ``importance_sampling_level="sequence"`` in value and gradient under any aggregation
-    (verl and the paper pair it with ``seq_mean_token_mean``).
+    (verl and the paper pair it with ``seq_mean_token_mean``). The clip fractions count
+    sequences, as TRL's do at the sequence level (``sequence_clip_fractions``).
 
     >>> logp = torch.log(torch.tensor([[2.0, 0.5, 9.0]]))  # seq ratio sqrt(2 * 0.5) = 1
     >>> mask = torch.tensor([[1, 1, 0]])  # the padded 9 is ignored
@@ -151,8 +175,52 @@ def gspo(
     seq_log_ratio = masked_mean(logp - old_logp.detach(), mask_f, dim=-1)  # [N]
     log_ratio = logp - logp.detach() + seq_log_ratio.detach().unsqueeze(-1)  # [N, T]
     ratio = torch.exp(log_ratio.clamp(max=GSPO_LOG_RATIO_MAX))  # [N, T]
-    loss, metrics = _clipped_surrogate(ratio, advantages, mask, eps_low, eps_high, None)
+    loss, _ = _clipped_surrogate(ratio, advantages, mask, eps_low, eps_high, None)
+    seq_ratio = torch.exp(seq_log_ratio.detach().clamp(max=GSPO_LOG_RATIO_MAX))  # [N]
+    metrics = sequence_clip_fractions(seq_ratio, advantages, mask, eps_low=eps_low,
+                                      eps_high=eps_high)
     metrics["approx_kl"] = approx_kl(logp, old_logp, mask)
+    return loss, metrics
+
+
+@POLICY_LOSSES.register("cispo")
+def cispo(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+) -> tuple[Tensor, Metrics]:
+    """CISPO (MiniMax-M1, Chen et al. 2025): ``-sg[clip(ratio, 1 - eps_low, 1 + eps_high)] * A *
+    log pi``.
+
+    The importance weight is clipped and detached, and the gradient flows through ``log pi``, so
+    a token whose ratio is clipped still gets its gradient (scaled by the bound) where PPO's clip
+    would zero it. Reproduces verl ``policy_loss.loss_mode=cispo`` (``clip_ratio_low/high``) and
+    TRL ``loss_type="cispo"``, whose weight is ``min(ratio, epsilon_high)`` with no lower bound:
+    ``eps_low=1.0`` (bound 0, never reached) and ``eps_high = epsilon_high - 1`` (ScaleRL's
+    recommended ``epsilon_high=5`` is ``eps_high=4``). Metrics: ``clip_frac``, tokens whose weight
+    was clipped (verl); ``cispo_clip_frac``, tokens above the upper bound with a positive
+    advantage (TRL's ``cispo_clip_ratio``).
+
+    >>> logp = torch.log(torch.tensor([[2.0, 0.5, 1.0]]))  # old_logp = 0: ratios 2, 0.5, 1
+    >>> loss, m = cispo(logp, torch.zeros(1, 3), torch.tensor([[1.0, -1.0, 2.0]]), torch.ones(1, 3))
+    >>> loss  # -1.2 * 1 * log 2, -0.8 * (-1) * log 0.5, -1 * 2 * log 1
+    tensor([[-0.8318, -0.5545, -0.0000]])
+    >>> round(m["clip_frac"].item(), 4), round(m["cispo_clip_frac"].item(), 4)
+    (0.6667, 0.3333)
+    """
+    log_ratio = (logp - old_logp.detach()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, T]
+    ratio = torch.exp(log_ratio).detach()  # [N, T]
+    weight = ratio.clamp(1 - eps_low, 1 + eps_high)  # [N, T], no gradient
+    loss = -weight * advantages * logp  # [N, T]
+    metrics = {
+        "clip_frac": masked_mean((weight != ratio).float(), mask),
+        "cispo_clip_frac": masked_mean(((ratio > 1 + eps_high) & (advantages > 0)).float(), mask),
+        "approx_kl": approx_kl(logp, old_logp, mask),
+    }
     return loss, metrics
 
 

@@ -1,5 +1,9 @@
 """Per-step diagnostics and DAPO helpers: zero-signal groups, entropy, clip fractions, approx KL.
 
+Peer settings: ``clip_fractions`` are TRL's ``clip_ratio/{low,high,region}_mean`` (token level)
+and verl's ``pg_clipfrac``; ``sequence_clip_fractions`` are TRL's with
+``importance_sampling_level="sequence"`` (GSPO), counted per sequence.
+
 All return plain tensors computed without gradient; log them with ``.item()``.
 """
 
@@ -75,6 +79,38 @@ def clip_fractions(
         "clip_frac_low": masked_mean(low.float(), mask),
         "clip_frac_high": masked_mean(high.float(), mask),
         "clip_frac": masked_mean((low | high).float(), mask),
+    }
+
+
+@torch.no_grad()
+def sequence_clip_fractions(
+    seq_ratio: Tensor, advantages: Tensor, mask: Tensor, *, eps_low: float, eps_high: float
+) -> dict[str, Tensor]:
+    """Clip fractions of a sequence-level ratio (GSPO), counted per sequence, not per token.
+
+    ``seq_ratio [N]`` is each sequence's ratio, ``advantages [N, T]`` its advantage (the mean
+    over its completion tokens is taken; GSPO's is constant over a sequence). A sequence is
+    low-clipped when ``s_i < 1 - eps_low`` and its advantage is negative, high-clipped when
+    ``s_i > 1 + eps_high`` and it is positive; each fraction is over all N rows, as TRL's
+    ``clip_ratio/*_mean`` with ``importance_sampling_level="sequence"`` (a ``[B, 1]`` ratio:
+    ``x.sum() / x.shape[0]``, so a row without completion tokens counts, and is never clipped).
+
+    >>> seq_ratio = torch.tensor([0.5, 1.5, 1.5, 1.0])
+    >>> adv = torch.tensor([[-1.0, -1.0, -1.0], [2.0, 2.0, 0.0], [-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    >>> mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0]])
+    >>> m = sequence_clip_fractions(seq_ratio, adv, mask, eps_low=0.2, eps_high=0.2)
+    >>> {k: round(v.item(), 2) for k, v in m.items()}  # row 0 low, row 1 high: 1 of 4 each
+    {'clip_frac_low': 0.25, 'clip_frac_high': 0.25, 'clip_frac': 0.5}
+    """
+    seq_adv = masked_mean(advantages.detach(), mask, dim=-1)  # [N]
+    seq_ratio = seq_ratio.detach()
+    low = (seq_ratio < 1 - eps_low) & (seq_adv < 0)  # [N]
+    high = (seq_ratio > 1 + eps_high) & (seq_adv > 0)  # [N]
+    rows = max(seq_ratio.numel(), 1)
+    return {
+        "clip_frac_low": low.float().sum() / rows,
+        "clip_frac_high": high.float().sum() / rows,
+        "clip_frac": (low | high).float().sum() / rows,
     }
 
 

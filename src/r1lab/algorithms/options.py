@@ -61,6 +61,9 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "eps_low": ("loss", "eps_low"),
     "eps_high": ("loss", "eps_high"),
     "dual_clip_c": ("loss", "dual_clip_c"),
+    "clip_delta": ("loss", "delta"),
+    "kl_clamp": ("kl", "clamp"),
+    "kl_bias_correction": ("kl", "bias_correction"),
 }
 
 #: ``critic.<key>`` -> advantage parameter: passed when the estimator takes it, never an error
