@@ -14,7 +14,9 @@ rows into these, and a row that lacks them is an error before the run, see `chec
 * `code_prefix` (str, optional, HumanEval's `prompt`): the code a completion continues; with
   `program: continuation` the program is `code_prefix + completion`, and its imports and helper
   functions are put before a full program found in a fence too.
-* `test_setup` (str, optional, MBPP's `test_setup_code` / imports): run before the tests.
+* `test_setup` (str, optional; MBPP's own `test_setup_code` / `test_imports` are read too):
+  run before the tests. A HumanEval row without `code_prefix` uses HumanEval's `prompt`, so
+  the published rows score as they are with `tests_key: test`.
 * `code_format` (str, optional): `humaneval` | `mbpp` | `stdio`; when absent it is inferred
   (`entry_point` -> humaneval, dict tests -> stdio, else mbpp). It picks the default of
   `program` (where the program is): `answer` (the last fence in `<answer>`, else the answer
@@ -49,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from r1lab.rewards.base import REWARDS, Score
+from r1lab.rewards.humaneval import run_check
 from r1lab.rewards.parsing import last_block, strip_think
 from r1lab.rewards.sandbox import Limits, run_python
 
@@ -77,6 +80,147 @@ def extract_code(completion: str) -> str | None:
     if blocks:
         return blocks[-1]
     return answer.strip() or None if answer is not None else None
+
+
+PROGRAMS = ("auto", "answer", "bare", "continuation")
+FORMATS = ("humaneval", "mbpp", "stdio")
+_STOPS = ("\nif __name__", "\n```")  # where a function completion's own code ends
+
+
+def _parses(src: str) -> bool:
+    try:
+        ast.parse(src)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def _defines(src: str, name: str) -> bool:
+    try:
+        body = ast.parse(src).body
+    except (SyntaxError, ValueError):
+        return False
+    return any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and n.name == name
+               for n in body)  # fmt: skip
+
+
+def bare_code(completion: str) -> str | None:
+    """The fenced or answered program, else the whole text outside `<think>` if it is Python.
+
+    >>> bare_code("<think>hmm</think>def f(x):\\n    return x + 1")
+    'def f(x):\\n    return x + 1'
+    >>> bare_code("The answer is f(x) = x + 1.") is None
+    True
+    """
+    found = extract_code(completion)
+    if found is not None:
+        return found
+    visible = strip_think(completion).strip()
+    return visible if visible and _parses(visible) else None
+
+
+def continuation(completion: str, prefix: str) -> str:
+    """`prefix + completion`, the completion cut where a function body's own code ends.
+
+    >>> continuation("    return a + b\\n\\nif __name__ == '__main__':\\n    print(1)", "def add(a, b):\\n")
+    'def add(a, b):\\n    return a + b\\n'
+    """
+    text = completion.split("</think>")[-1] if "</think>" in completion else completion
+    for stop in _STOPS:
+        text = text.split(stop)[0]
+    return prefix + text.rstrip() + "\n"
+
+
+def code_format(row: dict, tests: Any) -> str:
+    """The row's `code_format`, else inferred: `entry_point` -> humaneval, dict tests -> stdio.
+
+    >>> code_format({"entry_point": "f"}, "def check(candidate): ..."), code_format({}, [{"input": "", "output": "1"}])
+    ('humaneval', 'stdio')
+    """
+    fmt = row.get("code_format")
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ValueError(f"code_format {fmt!r} is not one of {', '.join(FORMATS)}")
+        return fmt
+    if row.get("entry_point") or (isinstance(tests, str) and "def check(" in tests):
+        return "humaneval"
+    if isinstance(tests, list) and tests and all(isinstance(t, dict) for t in tests):
+        return "stdio"
+    return "mbpp"
+
+
+def find_program(completion: str, row: dict, fmt: str, program: str = "auto") -> tuple[str | None, str]:
+    """(program, where it was found): `answer`, `bare`, `continuation`, or None."""
+    if program not in PROGRAMS:
+        raise ValueError(f"program {program!r} is not one of {', '.join(PROGRAMS)}")
+    prefix = _prefix(row, fmt)
+    if program == "answer":
+        return extract_code(completion), "answer"
+    if program == "bare":
+        return bare_code(completion), "bare"
+    if program == "continuation":
+        return continuation(completion, prefix), "continuation"
+    if fmt != "humaneval":
+        return bare_code(completion), "bare"
+    entry = str(row.get("entry_point") or "")
+    found = bare_code(completion)
+    if found is not None and _defines(found, entry):  # a whole function: the prompt's imports
+        return (prefix + "\n\n" + found if prefix else found), "answer"  # and helpers first
+    return continuation(completion, prefix), "continuation"
+
+
+def _prefix(row: dict, fmt: str) -> str:
+    """`code_prefix`; for a HumanEval row without one, HumanEval's own `prompt` is that code."""
+    if row.get("code_prefix") is not None:
+        return str(row["code_prefix"])
+    return str(row.get("prompt") or "") if fmt == "humaneval" else ""
+
+
+def _setup(row: dict) -> str:
+    """`test_setup`, or MBPP's own `test_setup_code` / `test_imports`."""
+    for key in ("test_setup", "test_setup_code"):
+        if row.get(key):
+            return str(row[key])
+    imports = row.get("test_imports")
+    return "\n".join(imports) if isinstance(imports, list) else ""
+
+
+def check_code_rows(rows: list[dict], tests_key: str = "tests", **_: Any) -> None:
+    """Checked before a run: the rows have `tests_key` (a wrong key would otherwise score every
+    sample 0), and the tests that are there are runnable. A row without tests scores 0 with
+    `no_tests` in its metrics.
+
+    >>> check_code_rows([{"test": "def check(candidate): ...", "entry_point": "f"}])
+    Traceback (most recent call last):
+    ...
+    ValueError: no row has a 'tests' field for the code reward (row 0 has: test, entry_point); set the reward's tests_key
+    """
+    if rows and not any(row.get(tests_key) is not None for row in rows):
+        raise ValueError(f"no row has a {tests_key!r} field for the code reward (row 0 has: "
+                         f"{', '.join(map(str, rows[0])) or 'none'}); set the reward's tests_key")  # fmt: skip
+    for i, row in enumerate(rows):
+        if row.get(tests_key) is not None:
+            _tests_of(row, tests_key, f"row {i}")
+
+
+def _tests_of(row: dict, tests_key: str, where: str = "row") -> Any:
+    """The row's tests as a list (HumanEval: the check source), None if it has none."""
+    tests = row.get(tests_key)
+    if tests is None:
+        return None
+    fmt = code_format(row, tests)
+    if fmt == "humaneval":
+        if not isinstance(tests, str) or "def check(" not in tests:
+            raise ValueError(f"{where}: HumanEval {tests_key!r} must be a `def check(candidate)` program")
+        if not row.get("entry_point"):
+            raise ValueError(f"{where}: a HumanEval row needs 'entry_point' (the function check is called with)")
+    elif isinstance(tests, str):
+        tests = [tests]
+    elif not isinstance(tests, list):
+        raise ValueError(f"{where}: {tests_key!r} must be a list of asserts or stdin/stdout pairs")
+    if fmt == "stdio" and not all(isinstance(t, dict) and "output" in t for t in tests):
+        raise ValueError(f"{where}: each stdin/stdout test needs 'output' (and 'input')")
+    return tests
 
 
 @dataclass
@@ -163,11 +307,11 @@ def _same_output(got: str, want: str) -> bool:
     return [line.rstrip() for line in got.strip().splitlines()] == norm
 
 
-def _plan(tests: Any) -> tuple[list[dict], list[AssertTest], list[dict]]:
+def _plan(tests: Any, setup: str = "") -> tuple[list[dict], list[AssertTest], list[dict]]:
     """Turn the row's tests into runner items (setup statements and probes) and stdio cases."""
     if isinstance(tests, str):
         tests = [tests]
-    items: list[dict] = []
+    items: list[dict] = [{"stmt": setup, "k": -1}] if setup.strip() else []
     asserts: list[AssertTest] = []
     stdio: list[dict] = []
     for k, test in enumerate(tests):
@@ -184,9 +328,9 @@ def _plan(tests: Any) -> tuple[list[dict], list[AssertTest], list[dict]]:
     return items, asserts, stdio
 
 
-def run_tests(program: str, tests: Any, limits: Limits = Limits()) -> dict[str, Any]:
+def run_tests(program: str, tests: Any, limits: Limits = Limits(), setup: str = "") -> dict[str, Any]:
     """Run `program` against `tests` in the sandbox; returns passed/total and what went wrong."""
-    items, asserts, stdio = _plan(tests)
+    items, asserts, stdio = _plan(tests, setup)
     total = len(asserts) + len(stdio)
     n = max(total, 1)
     spec = {"code": program, "items": items, "stdio": [s["input"] for s in stdio],
@@ -244,19 +388,42 @@ def code(
     tests_key: str = "tests",
     timeout_s: float = 10.0,
     memory_mb: int = 1024,
+    program: str = "auto",
+    scoring: str = "partial",
     **_: Any,
 ) -> Score:
-    """Fraction of `row[tests_key]` the program in the completion passes (sandboxed).
+    """Tests of `row[tests_key]` the program in the completion passes (sandboxed): the fraction
+    (`scoring: partial`) or 1.0 iff all pass (`scoring: all`). See the module doc for the row.
 
     >>> row = {"tests": ["assert add(2, 3) == 5", "assert add(-1, 1) == 0", "assert add(0, 0) == 1"]}
     >>> code("<answer>```python\\ndef add(a, b):\\n    return a + b\\n```</answer>", row).value
     0.6666666666666666
+    >>> code("def add(a, b):\\n    return a + b", row, scoring="all").value
+    0.0
     """
-    program = extract_code(completion)
-    if program is None:
-        return Score(0.0, {"no_code": True, "passed": 0, "total": len(row[tests_key])})
+    if scoring not in ("partial", "all"):
+        raise ValueError(f"scoring {scoring!r} is not one of partial, all")
+    tests = _tests_of(row, tests_key)
+    if tests is None:
+        return Score(0.0, {"no_code": False, "no_tests": True, "passed": 0, "total": 0})
+    fmt = code_format(row, tests)
+    src, where = find_program(completion, row, fmt, program)
+    base = {"no_code": src is None, "no_tests": False, "format": fmt, "program": where}
+    if src is None:
+        return Score(0.0, base | {"passed": 0, "total": 0 if fmt == "humaneval" else len(tests)})
     limits = Limits(wall_s=timeout_s, cpu_s=max(1, math.ceil(timeout_s)),
                     memory_bytes=memory_mb << 20)  # fmt: skip
-    res = run_tests(program, row[tests_key], limits)
-    value = res["passed"] / res["total"] if res["total"] else 0.0
-    return Score(value, {"no_code": False} | res)
+    setup = _setup(row)
+    if fmt == "humaneval":
+        prefix = _prefix(row, fmt) + ("\n" + setup if setup else "")
+        res = run_check(src, tests, str(row["entry_point"]), prefix, limits)
+    else:
+        res = run_tests(src, tests, limits, setup)
+    if not res["total"]:
+        return Score(0.0, base | {"no_tests": True} | res)
+    passed_all = res["passed"] == res["total"]
+    value = float(passed_all) if scoring == "all" else res["passed"] / res["total"]
+    return Score(value, base | {"passed_all": passed_all} | res)
+
+
+code.check_rows = check_code_rows  # type: ignore[attr-defined]  # called before a run

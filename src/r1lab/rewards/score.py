@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from r1lab.rewards.base import get_reward
 from r1lab.rewards.compose import RewardComposer
 
 
@@ -26,6 +27,11 @@ def score_rows(
     timeout_s: float = 10.0,
 ) -> tuple[list[dict], dict[str, float]]:
     """Add `rewards` and `reward_metrics` to copies of `rows`; returns them and the summary."""
+    rewards = list(rewards)
+    for name in rewards:  # a reward that can check the rows first (code: the tests key) does
+        check = getattr(get_reward(name), "check_rows", None)
+        if check is not None:
+            check(rows, tests_key=tests_key, answer_key=answer_key)
     composer = RewardComposer([{"name": r} for r in rewards], workers=workers, timeout_s=timeout_s)
     try:
         remapped = [r | {"answer": r.get(answer_key), "tests": r.get(tests_key)} for r in rows]
