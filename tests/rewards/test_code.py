@@ -245,3 +245,14 @@ def test_r1lab_score_on_benchmark_format_rows(tmp_path):
     assert out[0]["rewards"]["code"] == 1.0
     proc, _ = _r1lab_score(tmp_path, [raw])  # wrong tests key: an error, not zeros
     assert proc.returncode != 0 and "no row has a 'tests' field" in proc.stderr + proc.stdout
+
+
+def test_a_training_config_with_a_wrong_tests_key_fails_before_the_run():
+    from r1lab.config import ConfigError, RunConfig
+    from r1lab.data.validate import check_reward_rows
+
+    cfg = RunConfig.model_validate({"rewards": {"components": [
+        {"name": "code", "kwargs": {"tests_key": "tests"}}]}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"rewards.components.0.kwargs: no row has a 'tests' field"):
+        check_reward_rows([{"prompt": "p", "test_list": ["assert f() == 1"]}], cfg)
+    check_reward_rows([{"prompt": "p", "tests": ["assert f() == 1"]}], cfg)

@@ -102,3 +102,18 @@ def check_context(rows: list[dict[str, Any]], tokenizer: Any, model: Any, cfg: R
             f"has {lengths[i]} tokens, so with max_new_tokens={cfg.rollout.max_new_tokens} a "
             f"sequence reaches {need} positions, past the model's context of {limit} "
             "(max_position_embeddings); lower rollout.max_new_tokens or drop the longest prompts")
+
+
+def check_reward_rows(rows: list[dict[str, Any]], cfg: RunConfig) -> None:
+    """Each reward that can check rows (`fn.check_rows`, e.g. the code reward's tests key) does,
+    before the run: a field every row lacks is an error, not a run of zero rewards."""
+    from r1lab.rewards import get_reward
+
+    for i, comp in enumerate(cfg.rewards.components):
+        check = getattr(get_reward(comp.name), "check_rows", None)
+        if check is None or not rows:
+            continue
+        try:
+            check(rows, **(comp.kwargs or {}))
+        except ValueError as exc:
+            raise ConfigError(f"rewards.components.{i}.kwargs: {exc}") from None

@@ -14,12 +14,12 @@ from r1lab.config import RunConfig, save_config
 from r1lab.data.loading import load_rows
 from r1lab.data.tasks import generate
 from r1lab.data.templates import TEMPLATES
-from r1lab.data.validate import check_config, check_context, check_tokenizer
+from r1lab.data.validate import check_config, check_context, check_reward_rows, check_tokenizer
 from r1lab.evaluation import evaluate, paper_protocols
 from r1lab.models import load_policy
 from r1lab.train.checkpoint import resolve_resume
 from r1lab.train.common import seed_everything
-from r1lab.train.ppo import build_trainer  # GRPO, or PPO when the config has a critic
+from r1lab.train.grpo import build_trainer  # GRPO, or PPO when the config has a critic
 
 
 def load_prompt_rows(cfg: RunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -60,6 +60,7 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     out = Path(out_dir)
     check_config(cfg)  # registered names and user rewards, before anything is loaded
     train_rows, heldout = load_prompt_rows(cfg)  # DataError names file:line
+    check_reward_rows(train_rows, cfg)  # e.g. the code reward's tests key
     warn = lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False)  # noqa: E731
     start = resolve_resume(resume, out, warn) if resume else None
     seed_everything(cfg.train.seed, cfg.train.deterministic)
