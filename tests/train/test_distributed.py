@@ -1,0 +1,108 @@
+"""Data parallelism on real processes (gloo, 2 ranks): the gradient step of a GRPO batch split
+by whole groups over 2 ranks equals the 1-process step, under ddp and fsdp2.
+
+The batch is fixed (8 completions in 4 groups, ragged lengths, fixed advantages), so these
+tests check the strategies alone: the global token normaliser, the gradient sum, the sharded
+clip norm, AdamW over shards, the unsharded state dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.conftest import MICRO
+from tests.train.dist_helpers import run_ranks
+
+from r1lab.algorithms import AGGREGATIONS, POLICY_LOSSES
+from r1lab.models.tiny import build_char_tokenizer, build_tiny_model
+from r1lab.train.common import completion_logprobs
+from r1lab.train.distributed import ParallelPolicy, World, peak_memory, prepare_policy
+
+G, GROUPS, STEPS = 2, 4, 3
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """8 rows [prompt 3 | completion up to 6], ragged completion lengths, fixed advantages."""
+    gen = torch.Generator().manual_seed(7)
+    N, L, T = G * GROUPS, 3, 6
+    ids = torch.randint(10, 60, (N, L + T), generator=gen)  # [N, L+T]
+    lengths = torch.tensor([6, 2, 5, 1, 4, 6, 3, 2])  # [N]
+    attn = torch.ones(N, L + T, dtype=torch.long)
+    attn[:, L:] = (torch.arange(T)[None] < lengths[:, None]).long()
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.3, -0.3])[:, None].expand(N, T)  # [N, T]
+    return ids, attn, pos, adv, L
+
+
+def train(world: World, strategy: str) -> dict:
+    """STEPS optimiser steps on this rank's groups; per-step global loss, final full weights."""
+    torch.manual_seed(0)
+    model = build_tiny_model(MICRO, build_char_tokenizer(), seed=world.rank)  # ranks differ...
+    policy: ParallelPolicy = prepare_policy(model, strategy, world)  # ...until ddp broadcasts
+    if strategy == "fsdp2" and world.size > 1:  # fsdp2 shards what it is given: start equal
+        ref = build_tiny_model(MICRO, build_char_tokenizer(), seed=0).state_dict()
+        policy.load_full_state_dict(ref)
+    opt = torch.optim.AdamW(policy.model.parameters(), lr=1e-2)
+    ids, attn, pos, adv, L = batch()
+    mask = attn[:, L:].float()  # [N, T]
+    groups = world.shard(GROUPS)
+    rows = torch.arange(groups.start * G, groups.stop * G)
+    num_tokens = world.sum(mask[rows].sum()).float()  # global normaliser
+    losses = []
+    for _ in range(STEPS):
+        opt.zero_grad(set_to_none=True)
+        total = torch.zeros(())
+        for mb in rows.split(2):  # micro-batches of 2 completions
+            logp = completion_logprobs(policy.model, ids[mb], attn[mb], pos[mb], L)  # [2, T]
+            per_token, _ = POLICY_LOSSES.get("clip")(logp, torch.full_like(logp, -4.4), adv[mb],
+                                                    mask[mb])  # ratios vary, some clip
+            loss = AGGREGATIONS.get("token_mean")(per_token, mask[mb], num_tokens=num_tokens)
+            loss.backward()
+            total += loss.detach()
+        policy.sync_gradients()
+        norm = policy.clip_grad_norm_(0.5)
+        opt.step()
+        losses += [float(world.sum(total)), float(norm)]
+    return {"losses": losses, "weights": policy.full_state_dict()}
+
+
+def assert_equivalent(strategy: str) -> None:
+    one = train(World(), "none")
+    ranks = run_ranks(train, 2, strategy)
+    assert ranks[0]["losses"] == pytest.approx(one["losses"], abs=1e-5)
+    assert ranks[1]["losses"] == ranks[0]["losses"]  # reduced: every rank sees the global loss
+    assert len(set(one["losses"][::2])) == STEPS  # the loss changes from step to step
+    w1, w2 = one["weights"], ranks[0]["weights"]
+    assert w1.keys() == w2.keys()
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+    # the step moved the weights well beyond the tolerance (the comparison is not vacuous)
+    start = build_tiny_model(MICRO, build_char_tokenizer(), seed=0).state_dict()
+    assert max((w1[k] - start[k]).abs().max().item() for k in w1) > 1e-3
+    if strategy == "fsdp2":
+        assert ranks[1]["weights"] == {}  # gathered to rank 0 only
+
+
+@pytest.mark.distributed
+def test_ddp_step_equals_one_process():
+    assert_equivalent("ddp")
+
+
+@pytest.mark.distributed
+def test_fsdp2_step_equals_one_process():
+    assert_equivalent("fsdp2")
+
+
+def test_strategy_none_refused_with_many_processes():
+    from r1lab.train.distributed import resolve_strategy
+
+    with pytest.raises(ValueError, match="train.strategy: none, but 2 processes"):
+        resolve_strategy("none", World(0, 2))
+    with pytest.raises(ValueError, match="unknown 'zero'"):
+        resolve_strategy("zero", World())
+
+
+def test_peak_memory_reports_rss():
+    before = peak_memory()["memory/peak_rss_mb"]
+    x = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB touched
+    x += 1
+    after = peak_memory()["memory/peak_rss_mb"]
+    assert after >= before and after > 64
