@@ -49,6 +49,21 @@ class TinyModelConfig(Section):
         return self
 
 
+class LoraConfig(Section):
+    """`model.lora`: train a LoRA adapter (peft, extra `r1lab[lora]`) over frozen base weights;
+    the reference policy is the base with the adapter disabled, and the checkpoints are the
+    merged weights (plain transformers directories)."""
+
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                 "down_proj"])
+    load_in_4bit: bool = Field(False, description="QLoRA: the frozen base in 4-bit NF4 "
+                               "(bitsandbytes, CUDA only)")
+
+
 class ModelConfig(Section):
     """The policy: a local Hugging Face causal-LM directory, or a tiny model built from scratch."""
 
@@ -57,6 +72,11 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: all cores")
+    mixed_precision: bool = Field(
+        True, description="dtype bfloat16/float16: fp32 master weights, forward/backward under "
+        "autocast in dtype; false stores the weights themselves in dtype (updates below its "
+        "resolution are lost)")
+    lora: LoraConfig | None = Field(None, description="train a LoRA adapter instead of every weight")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -193,6 +213,15 @@ class TrainConfig(Section):
     max_consecutive_skips: int = Field(
         5, ge=1, description="stop after this many steps in a row skipped for a non-finite loss/gradient")
     deterministic: bool = Field(False, description="deterministic kernels: same seed, same weights")
+    strategy: Literal["auto", "none", "ddp", "fsdp2", "deepspeed"] = Field(
+        "auto", description="data parallelism under torchrun / accelerate launch: auto = none "
+        "for one process, ddp for several (r1lab.train.distributed)")
+    offload: bool = Field(False, description="fsdp2: parameters, gradients and optimiser state "
+                          "on CPU between uses")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each decoder layer's activations in the backward")
+    dist_timeout_s: float = Field(600.0, gt=0, description="how long a collective waits for "
+                                  "a rank before the run fails")
 
 
 class PretrainConfig(Section):

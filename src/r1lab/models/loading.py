@@ -1,7 +1,16 @@
-"""Load the policy (and, only when a KL term is active, a frozen reference) from config."""
+"""Load the policy (and, only when a KL term is active, a frozen reference) from config.
+
+Precision: `model.dtype: float32` (the CPU default) trains fp32 weights. `bfloat16` / `float16`
+with `model.mixed_precision` (the default) keep fp32 master weights, which the optimiser
+updates, and run the forward and backward under `torch.autocast` in that dtype (`autocast`);
+with `mixed_precision: false` the weights themselves are stored in that dtype, and an update
+below half a unit in the last place of a weight is rounded away (bf16 has 8 bits of mantissa:
+at lr 3e-6 almost every AdamW update is lost).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -18,8 +27,37 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def weight_dtype(cfg: ModelConfig) -> torch.dtype:
+    """The dtype the weights are stored (and updated) in: fp32 under mixed precision.
+
+    >>> weight_dtype(ModelConfig(dtype="bfloat16")), weight_dtype(ModelConfig(dtype="bfloat16", mixed_precision=False))
+    (torch.float32, torch.bfloat16)
+    """
+    return torch.float32 if cfg.mixed_precision else DTYPES[cfg.dtype]
+
+
+def compute_dtype(cfg: ModelConfig) -> torch.dtype | None:
+    """The autocast dtype of the forward/backward, or None (compute in the weights' dtype).
+
+    >>> compute_dtype(ModelConfig(dtype="bfloat16")), compute_dtype(ModelConfig())
+    (torch.bfloat16, None)
+    """
+    if cfg.dtype == "float32" or not cfg.mixed_precision:
+        return None
+    return DTYPES[cfg.dtype]
+
+
+def autocast(cfg: ModelConfig, device: torch.device | str):
+    """Context for a training forward/backward: autocast in `compute_dtype(cfg)`, or nothing."""
+    dtype = compute_dtype(cfg)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 def load_policy(cfg: ModelConfig, seed: int = 0):
-    """(model, tokenizer): from `cfg.path` (a local HF directory) or built tiny from scratch."""
+    """(model, tokenizer): from `cfg.path` (a local HF directory) or built tiny from scratch,
+    weights in `weight_dtype(cfg)`, with a fresh LoRA adapter when `cfg.lora` is set."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if cfg.threads:
@@ -33,20 +71,39 @@ def load_policy(cfg: ModelConfig, seed: int = 0):
                 "r1lab loads models from local paths only"
             )
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype])
+        quant = None
+        if cfg.lora is not None:
+            from r1lab.models.lora import quantization_config
+
+            quant = quantization_config(cfg.lora)
+        extra = {"quantization_config": quant, "device_map": {"": device}} if quant else {}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=weight_dtype(cfg), **extra)
     else:
         from r1lab.models.tiny import build_char_tokenizer, build_tiny_model
 
+        if cfg.lora is not None and cfg.lora.load_in_4bit:
+            raise ValueError("model.lora.load_in_4bit needs model.path (a model to quantise)")
         tokenizer = build_char_tokenizer()
-        model = build_tiny_model(cfg.tiny, tokenizer, seed=seed).to(DTYPES[cfg.dtype])
+        model = build_tiny_model(cfg.tiny, tokenizer, seed=seed).to(weight_dtype(cfg))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return model.to(device), tokenizer
+    if not getattr(model, "is_quantized", False):
+        model = model.to(device)
+    if cfg.lora is not None:
+        from r1lab.models.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora)
+    return model, tokenizer
 
 
 def load_reference(policy) -> torch.nn.Module:
-    """A frozen copy of the policy's current weights (call before the first update)."""
+    """A frozen copy of the policy's current weights (call before the first update); for a
+    LoRA policy, the policy itself with the adapter disabled (no copy)."""
+    from r1lab.models.lora import AdapterDisabled, is_lora
+
+    if is_lora(policy):
+        return AdapterDisabled(policy)
     ref = copy.deepcopy(policy)
     ref.eval()
     ref.requires_grad_(False)

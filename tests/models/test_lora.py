@@ -1,0 +1,81 @@
+"""LoRA via peft: only the adapter trains, the reference is the base with the adapter off (no
+copy), and the merged checkpoint loads in plain transformers with the policy's exact outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+from tests.conftest import MICRO  # noqa: E402
+
+from r1lab.config import LoraConfig, ModelConfig  # noqa: E402
+from r1lab.models import load_policy, load_reference  # noqa: E402
+from r1lab.models.lora import AdapterDisabled, is_lora, load_adapter, save_merged  # noqa: E402
+
+IDS = torch.tensor([[5, 17, 30, 44, 9, 12]])  # [1, 6]
+
+
+def lora_policy(**kw):
+    cfg = ModelConfig(tiny=MICRO, device="cpu", lora=LoraConfig(r=4, alpha=8, **kw))
+    return load_policy(cfg, seed=0)
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits  # [1, 6, V]
+
+
+def train_adapter(model, steps: int = 3) -> None:
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(input_ids=IDS).logits[0, :-1], IDS[0, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_only_the_adapter_trains_and_starts_as_the_base():
+    model, _ = lora_policy(target_modules=["q_proj", "v_proj"])
+    assert is_lora(model)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    # 2 layers x (q, v) x (A, B)
+    assert len(trainable) == 8 and all(".lora_" in n for n in trainable)
+    # r=4 adapters on hidden 32: A [4, 32] + B [32, 4] per linear
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 8 * 4 * 32
+    base, _ = load_policy(ModelConfig(tiny=MICRO, device="cpu"), seed=0)
+    assert torch.equal(logits(model), logits(base))  # B = 0 at the start
+
+
+def test_reference_is_the_base_with_adapter_disabled_no_copy():
+    model, _ = lora_policy()
+    ref = load_reference(model)
+    assert isinstance(ref, AdapterDisabled) and list(ref.parameters()) == []
+    before = logits(model)
+    train_adapter(model)
+    after = logits(model)
+    assert (after - before).abs().max() > 1e-2  # the adapter moved the policy
+    assert torch.equal(logits(ref), before)  # the reference did not move
+    assert (logits(model) - after).abs().max() == 0  # and the adapter is back on afterwards
+
+
+def test_merged_checkpoint_loads_in_plain_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tok = lora_policy()
+    train_adapter(model)
+    save_merged(model, tok, tmp_path / "final")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    assert not is_lora(plain)
+    assert type(plain.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    assert (logits(plain) - logits(model)).abs().max() < 1e-5
+    # the adapter alone resumes a LoRA run: a fresh adapter loaded from it gives the same policy
+    fresh, _ = lora_policy()
+    load_adapter(fresh, tmp_path / "final")
+    assert torch.equal(logits(fresh), logits(model))
+
+
+def test_unknown_target_module_names_the_key():
+    with pytest.raises(ValueError, match="model.lora.target_modules: qproj not in the model"):
+        lora_policy(target_modules=["qproj"])
