@@ -26,13 +26,27 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _run(run, config: Path, set_: list[str] | None, out: Path, **kwargs):
+def _run(run, config: Path, set_: list[str] | None, out: Path, parallel: bool = False, **kwargs):
     """Load CONFIG with its --set overrides and call `run(cfg, out, console=..., **kwargs)`; a
-    config, data or file error is printed (naming the key or the file:line) with exit code 2."""
+    config, data or file error is printed (naming the key or the file:line) with exit code 2.
+
+    Under torchrun / accelerate launch (WORLD_SIZE > 1): a `parallel` command opens the process
+    group and runs on every rank (only rank 0 prints); any other command runs on rank 0 alone,
+    as one process, and the other ranks exit at once (no copies writing into one folder)."""
     from r1lab.config import load_config
+    from r1lab.train.distributed import init_distributed, launched
 
     try:
-        return run(load_config(config, set_), out, console=console, **kwargs)
+        cfg = load_config(config, set_)
+        if launched() and not parallel:
+            if int(os.environ.get("RANK", "0")) != 0:
+                print(f"rank {os.environ['RANK']}: this command is not data-parallel; it runs "
+                      "on rank 0 alone", file=sys.stderr)
+                return {}
+        elif launched():
+            world = init_distributed(timeout_s=cfg.train.dist_timeout_s)
+            console.quiet = not world.is_main
+        return run(cfg, out, console=console, **kwargs)
     except (ValueError, FileNotFoundError, KeyError) as exc:  # ConfigError, DataError included
         _fail(exc)
 
@@ -222,11 +236,15 @@ def main() -> None:
     from r1lab.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # pre-training, SFT, GRPO and evaluation all allocate per step
+    from r1lab.train.distributed import shutdown
+
     try:
         app(_bare_option(sys.argv[1:], "--resume", "latest"))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    finally:
+        shutdown()  # the process group of a launched run, if one was opened
 
 
 if __name__ == "__main__":
