@@ -21,8 +21,8 @@ from transformers import (
 )
 
 import r1lab.kernels as kernels
+import r1lab.models.ops as ops
 import r1lab.onednn as onednn
-import r1lab.train.packed as packed_module
 from r1lab.config import RunConfig
 from r1lab.train.common import completion_logprobs, join_prompt_completion
 from r1lab.train.grpo import GRPOTrainer
@@ -82,7 +82,7 @@ def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind, at
     if attention != "kernel":
         monkeypatch.setattr(kernels, "causal_supports", lambda x, head_dim: False)
     if attention == "sdpa":  # and no C kernel at all (RMSNorm, SwiGLU): the GPU's path
-        monkeypatch.setattr(packed_module, "MATMUL_ATTENTION_MAX", 0)
+        monkeypatch.setattr(ops, "MATMUL_ATTENTION_MAX", 0)
         monkeypatch.setattr(kernels, "supports", lambda *tensors: False)
     if linears == "onednn":
         monkeypatch.setattr(onednn, "MIN_PACKED_WEIGHT", 1)  # the micro model's weights are small

@@ -24,18 +24,9 @@ import torch
 from r1lab.rollout.native import NativeDecoder, native_support
 from r1lab.rollout.types import ENGINES, RolloutBatch, SamplingParams
 from r1lab.runtime import tune_cpu_allocator
+from r1lab.tensors import left_pad
 
-
-def left_pad(prompt_ids: list[list[int]], pad_id: int, device: torch.device):
-    """Left-pad token lists: returns input_ids [P, L], attention_mask [P, L], position_ids [P, L]."""
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for i, p in enumerate(prompt_ids):
-        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p) :] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), pos.to(device)
+__all__ = ["HFSampler", "left_pad", "sample_next"]  # left_pad: re-exported from r1lab.tensors
 
 
 def sample_next(

@@ -11,6 +11,9 @@ the same arithmetic (RMSNorm, RoPE, grouped-query attention, SwiGLU) over a pre-
 * the left-padding mask is built once; each step only slices it;
 * finished rows are dropped from the cache when that pays (see `worth_compacting`).
 
+The arithmetic itself (norms, RoPE, fused projections, attention) is `r1lab.models.ops`, shared
+with the packed training forward; this module is the cache and the decoding loop around it.
+
 It is an optimisation, not a fork of the model: `native_support` refuses anything it does not
 reproduce exactly (sliding windows shorter than the sequence, dynamic RoPE, non-SiLU MLPs,
 quantised or adapter-wrapped linears), and the sampler then falls back to the model's forward.
@@ -24,57 +27,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from r1lab import kernels
+from r1lab.models import ops
 from r1lab.onednn import Linear
 
-FAMILY = ("llama", "qwen2", "qwen3", "mistral")
-STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # cos/sin depend on the position only
 #: a CPU moves ~10 float32 FLOP in the time it copies a byte; decides when compaction pays
 FLOP_PER_BYTE = 10.0
 
 
 def native_support(model, max_len: int) -> str | None:
-    """None when the native decoder reproduces `model` for sequences up to `max_len`, else why not."""
-    cfg = model.config
-    if getattr(cfg, "model_type", None) not in FAMILY:
-        return f"model_type {getattr(cfg, 'model_type', None)!r} is not one of {FAMILY}"
-    if getattr(cfg, "hidden_act", "silu") != "silu":
-        return f"hidden_act {cfg.hidden_act!r}"
-    base = getattr(model, "model", None)
-    rotary = getattr(base, "rotary_emb", None)
-    if base is None or rotary is None or not hasattr(base, "layers"):
-        return "no model.model.layers / rotary_emb"
-    if getattr(rotary, "rope_type", "default") not in STATIC_ROPE:
-        return f"rope_type {rotary.rope_type!r} depends on the sequence length"
-    windows = [getattr(layer.self_attn, "sliding_window", None) for layer in base.layers]
-    if cfg.model_type == "mistral":
-        windows.append(getattr(cfg, "sliding_window", None))
-    if any(w is not None and w < max_len for w in windows):
-        return "a sliding window shorter than the sequence"
-    linears = [model.lm_head]
-    for layer in base.layers:
-        a, m = layer.self_attn, layer.mlp
-        linears += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
-    if any(type(lin) is not nn.Linear for lin in linears):  # quantised / LoRA-wrapped layers
-        return "a projection is not a plain nn.Linear"
-    if model.lm_head.bias is not None or getattr(cfg, "final_logit_softcapping", None):
-        return "the LM head has a bias or a soft cap"
-    return None
-
-
-def _bias(lin: nn.Linear) -> Tensor:
-    return lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias
-
-
-def _cat(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
-    """Weights (and biases, zeros where a projection has none) of linears fused into one."""
-    w = torch.cat([lin.weight for lin in linears], 0)
-    if all(lin.bias is None for lin in linears):
-        return w, None
-    return w, torch.cat([_bias(lin) for lin in linears], 0)
-
-
-def _eps(norm: nn.Module) -> float:
-    return getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+    """None when the native decoder reproduces `model` for sequences up to `max_len`, else why
+    not (`r1lab.models.ops.llama_support`)."""
+    return ops.llama_support(model, max_len)
 
 
 class _Layer:
@@ -89,7 +52,7 @@ class _Layer:
     def __init__(self, layer: nn.Module, rows: int) -> None:
         a, m = layer.self_attn, layer.mlp
         self.ln1, self.ln2 = layer.input_layernorm, layer.post_attention_layernorm
-        qkv_w, qkv_b = _cat([a.q_proj, a.k_proj, a.v_proj])
+        qkv_w, qkv_b = ops.fused_weights([a.q_proj, a.k_proj, a.v_proj])
         gate_w, up_w = m.gate_proj.weight, m.up_proj.weight
         self.fold = qkv_w.dtype == torch.float32
         if self.fold:
@@ -103,17 +66,17 @@ class _Layer:
             self.up, self.gu = Linear(up_w, m.up_proj.bias, rows), None
         else:
             gu_b = None if m.gate_proj.bias is None and m.up_proj.bias is None else torch.cat(
-                [_bias(m.gate_proj), _bias(m.up_proj)])
+                [ops.bias_or_zeros(m.gate_proj), ops.bias_or_zeros(m.up_proj)])
             self.gu = Linear(torch.cat([gate_w, up_w]), gu_b)
         self.q_norm, self.k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
         self.scale = a.scaling
-        self.eps1, self.eps2 = (qkv_w.new_tensor(_eps(n)) for n in (self.ln1, self.ln2))
+        self.eps1, self.eps2 = (qkv_w.new_tensor(ops.norm_eps(n)) for n in (self.ln1, self.ln2))
 
     def norm1(self, h: Tensor) -> Tensor:
-        return _unit_rms(h, self.eps1) if self.fold else _rms(h, self.ln1)
+        return ops.unit_rms_norm(h, self.eps1) if self.fold else ops.rms_norm(h, self.ln1)
 
     def norm2(self, h: Tensor) -> Tensor:
-        return _unit_rms(h, self.eps2) if self.fold else _rms(h, self.ln2)
+        return ops.unit_rms_norm(h, self.eps2) if self.fold else ops.rms_norm(h, self.ln2)
 
     def swiglu(self, x: Tensor) -> Tensor:
         """silu(x Wg^T) * (x Wu^T), x already normalised."""
@@ -121,53 +84,6 @@ class _Layer:
             return self.up.times(x, self.gate.silu(x))
         g, u = self.gu(x).chunk(2, -1)
         return F.silu(g) * u
-
-
-def _unit_rms(x: Tensor, eps: Tensor) -> Tensor:
-    """RMSNorm without its weight (float32): x / sqrt(|x|^2 / d + eps), eps a 0-d tensor.
-    One C call on CPU (`r1lab.kernels.rms_norm`), else 4 torch kernels (the mean(x^2) form
-    takes 6: square, sum, divide, add, rsqrt, multiply)."""
-    if kernels.supports(x):
-        return kernels.rms_norm(x, None, eps.item())
-    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    return x * torch.addcmul(eps, n, n, value=1 / x.shape[-1]).rsqrt_()
-
-
-def _rms(x: Tensor, norm: nn.Module) -> Tensor:
-    """HF's RMSNorm: normalise in float32, cast back, then scale by the weight."""
-    eps = _eps(norm)
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
-
-
-def _signed_sin(sin: Tensor) -> Tensor:
-    """sin with rotate_half's sign folded in (see `_rotate_fast`)."""
-    half = sin.shape[-1] // 2
-    return torch.cat([-sin[..., :half], sin[..., half:]], -1)
-
-
-def _rotate_fast(x: Tensor, cos: Tensor, signed_sin: Tensor, out: Tensor | None = None) -> Tensor:
-    """RoPE as transformers applies it, x cos + rotate_half(x) sin, in 3 operations:
-    rotate_half(x) is [-x2, x1] for x = [x1, x2]; rolling by half gives [x2, x1], and the
-    sign sits in `signed_sin` (see `_signed_sin`).
-    `out` may be x itself (both inputs of the last operation are fresh tensors)."""
-    return torch.addcmul(x * cos, x.roll(-(x.shape[-1] // 2), -1), signed_sin, out=out)
-
-
-def _attend_one(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
-    """Attention of one query per row. q [A, H, 1, D]; k, v [A, Hkv, S, D]; bias [A*Hkv, 1, S]
-    (the row's key mask repeated per kv head, made once per step for all layers).
-
-    Query heads that share a key/value head (grouped-query attention) are one matmul's rows.
-    """
-    A, H, _, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
-    q = q.reshape(A * Hkv, H // Hkv, D)  # [A*Hkv, G, D]
-    scores = torch.baddbmm(bias, q, k.reshape(A * Hkv, S, D).transpose(1, 2), alpha=scale)
-    probs = torch.softmax(scores, -1)  # [A*Hkv, G, S]
-    o = torch.bmm(probs, v.reshape(A * Hkv, S, D))  # [A*Hkv, G, D]
-    return o.view(A, H, 1, D)
 
 
 class NativeDecoder:
@@ -187,7 +103,7 @@ class NativeDecoder:
         if self.fold:  # the final RMSNorm's weight folded into the LM head, as in `_Layer`
             head = head * self.norm.weight
         self.lm_head = Linear(head, None, rows)
-        self.eps = head.new_tensor(_eps(self.norm))
+        self.eps = head.new_tensor(ops.norm_eps(self.norm))
         self.layers = [_Layer(layer, rows) for layer in base.layers]
         self.packed = any(lin.packed is not None for w in self.layers for lin in (w.qkv, w.gate))
         a = base.layers[0].self_attn
@@ -195,9 +111,7 @@ class NativeDecoder:
         self.Hkv = cfg.num_key_value_heads
         self.gqa = cfg.num_key_value_heads != cfg.num_attention_heads
         dev, dt = self.embed.device, self.embed.dtype
-        positions = torch.arange(max_len, device=dev)[None]  # [1, S]
-        cos, sin = base.rotary_emb(self.embed[:1][None], positions)  # [1, S, D]
-        self.cos, self.sin = cos[0].to(dt), _signed_sin(sin[0].to(dt))  # [S, D]
+        self.cos, self.sin = ops.rope_table(base, max_len, dt)  # [S, D], sin signed
         n_layers = len(self.layers)
         # k and v of every layer in one tensor, so dropping rows is one copy: [2, layers, A, Hkv, S, D]
         shape = (2, n_layers, rows, self.Hkv, max_len, self.D)
@@ -236,13 +150,13 @@ class NativeDecoder:
             qkv = w.qkv(w.norm1(h)).view(A, S, H + 2 * Hkv, D).transpose(1, 2)  # [A, h, S, D]
             qk = qkv[:, : H + Hkv]
             if w.q_norm is not None:
-                qk = torch.cat([_rms(qkv[:, :H], w.q_norm), _rms(qkv[:, H:H + Hkv], w.k_norm)], 1)
-            _rotate_fast(qk, cos, sin, out=qkv[:, : H + Hkv])  # RoPE written back into qkv
+                qk = torch.cat([ops.rms_norm(qkv[:, :H], w.q_norm), ops.rms_norm(qkv[:, H:H + Hkv], w.k_norm)], 1)
+            ops.rope(qk, cos, sin, out=qkv[:, : H + Hkv])  # RoPE written back into qkv
             # k and v of this layer into the cache in one copy: [A, 2*Hkv, S, D] -> [2, A, Hkv, S, D]
             self.kv[:, i, :, :, c:end] = qkv[:, H:].unflatten(1, (2, Hkv)).transpose(0, 1)
             q, k, v = qkv[:, :H], self.kv[0, i, :, :, :end], self.kv[1, i, :, :, :end]
             if S == 1:  # decoding: two batched matmuls beat SDPA's CPU kernel for one query
-                o = _attend_one(q, k, v, attn_bias, w.scale)  # [A, H, 1, D]
+                o = ops.attend_one(q, k, v, attn_bias, w.scale)  # [A, H, 1, D]
             else:
                 o = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=attn_bias, scale=w.scale,
@@ -260,7 +174,7 @@ class NativeDecoder:
             qkv = w.qkv(w.norm1(h))  # [A, (H + 2 Hkv) D]
             if w.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE, written back
                 x = qkv.view(A, H + 2 * Hkv, D)
-                x[:, :H], x[:, H:H + Hkv] = _rms(x[:, :H], w.q_norm), _rms(x[:, H:H + Hkv], w.k_norm)
+                x[:, :H], x[:, H:H + Hkv] = ops.rms_norm(x[:, :H], w.q_norm), ops.rms_norm(x[:, H:H + Hkv], w.k_norm)
             o = kernels.decode_attention(qkv, self.cos, self.sin, pos, self.kv[0, i], self.kv[1, i],
                                          bias, self.len, H, w.scale)  # [A, H D]
             h = w.o.add_to(h, o)
@@ -270,7 +184,7 @@ class NativeDecoder:
 
     def _logits(self, last: Tensor) -> Tensor:
         """Final norm and LM head: last hidden states [A, d] -> logits [A, V]."""
-        x = _unit_rms(last, self.eps) if self.fold else _rms(last, self.norm)
+        x = ops.unit_rms_norm(last, self.eps) if self.fold else ops.rms_norm(last, self.norm)
         return self.lm_head(x)  # [A, V]
 
     def prefill(self, ids: Tensor, mask: Tensor, pos: Tensor, repeat: int = 1) -> Tensor:

@@ -23,9 +23,10 @@ forward (cheap for small models; at 7B scale a flash-attention varlen path would
 design, not built yet).
 
 The arithmetic is the model's own (RMSNorm, RoPE from the model's rotary module, grouped-query
-attention, SwiGLU) over the model's parameters, so autograd gives the same gradients as the
-Hugging Face forward; the tests check logprobs and gradients against it. Anything the native
-decoder cannot reproduce (see `r1lab.rollout.native.native_support`), dropout in training, or
+attention, SwiGLU) over the model's parameters, in `r1lab.models.ops` (shared with the sampler's
+decoder), so autograd gives the same gradients as the Hugging Face forward; the tests check
+logprobs and gradients against it. Anything that arithmetic does not reproduce (see
+`r1lab.models.ops.llama_support`), dropout in training, or
 gradient checkpointing falls back to the Hugging Face forward (`packed_support` says why).
 """
 
@@ -38,22 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from r1lab import kernels
+from r1lab.models import ops
 from r1lab.onednn import linear, swiglu
-from r1lab.rollout.native import _cat, _eps, _rms, _rotate_fast, _signed_sin, native_support
 
 #: float32 logits elements held at once when turning logits into logprobs (256 MiB)
 LOGPROB_CHUNK_ELEMENTS = 1 << 26
-#: on CPU, attention blocks up to this many positions use two batched matmuls with an explicit
-#: causal mask; longer ones (and every block on a GPU) SDPA's fused kernel (O(S) memory).
-#: Forward+backward of 64 blocks x 4 heads x 64 dims on the 2-core machine, SDPA vs matmuls:
-#: S=75 25 vs 19 ms, S=150 28 vs 27 ms, S=300 43 vs 56 ms.
-MATMUL_ATTENTION_MAX = 128
 
 
 def packed_support(model, max_len: int) -> str | None:
     """None when `packed_logprobs` reproduces `model`'s forward, else the reason it does not."""
-    why = native_support(model, max_len)
+    why = ops.llama_support(model, max_len)
     if why is not None:
         return why
     checkpointing = getattr(type(model), "is_activation_checkpointing", None)  # transformers >= 5
@@ -174,15 +169,6 @@ class PackedBatch:
         return self.gather.shape[1] + 1
 
 
-def _rope_table(base, max_len: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos/sin [max_len, D] from the decoder's own rotary module (its scaling included)."""
-    emb = base.embed_tokens.weight
-    positions = torch.arange(max_len, device=emb.device)[None]
-    with torch.no_grad():
-        cos, sin = base.rotary_emb(emb[:1][None].detach(), positions)
-    return cos[0].to(dtype), sin[0].to(dtype)
-
-
 def packed_logprobs(model, pb: PackedBatch, temperature: float = 1.0,
                     entropy: bool = False) -> tuple[Tensor, Tensor | None]:
     """Log-probabilities of the packed completions' tokens under `model` -> ([R, width], entropy).
@@ -217,48 +203,25 @@ def packed_hidden(base, pb: PackedBatch) -> Tensor:
     (`unflatten` turns per-position values into [R, width]). `base` is the decoder stack
     (`model.model` of a causal LM, or a critic's copy of it)."""
     cfg = base.config
-    embed = base.embed_tokens.weight
-    dt = embed.dtype
     layers = base.layers
-    a0 = layers[0].self_attn
-    H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, a0.head_dim
-    gqa = {"enable_gqa": True} if Hkv != H else {}
-    cos_t, sin_t = _rope_table(base, pb.max_len, dt)
-    ssin_t = _signed_sin(sin_t)  # [max_len, D]
+    H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, layers[0].self_attn.head_dim
     n = len(pb.ids)
     R, S = pb.gather.shape
-    h = F.embedding(pb.ids, embed)  # [n, d]
-    # CPU float32: RoPE and attention in one C kernel, padding skipped (block position t is
-    # position id t: a block is its prompt from position 0, then its completion)
-    fused = kernels.causal_supports(h, D)
-    c_norm = kernels.supports(h, base.norm.weight)  # RMSNorm in one C pass (each way)
-
-    def norm(x: Tensor, module) -> Tensor:
-        return kernels.rms_norm(x, module.weight, _eps(module)) if c_norm else _rms(x, module)
-
-    if not fused:
-        cos, sin = cos_t[pb.pos][:, None], ssin_t[pb.pos][:, None]  # [n, 1, D]
+    h = F.embedding(pb.ids, base.embed_tokens.weight)  # [n, d]
+    cos_t, ssin_t = ops.rope_table(base, pb.max_len, h.dtype)  # [max_len, D]
+    norm = ops.rms_norm_any  # the C kernel on CPU float32 (one pass each way), else torch
     for layer in layers:
         att = layer.self_attn
         # one matmul for q/k/v, made from the parameters here so gradients reach each of them
-        w_qkv, b_qkv = _cat([att.q_proj, att.k_proj, att.v_proj])
+        w_qkv, b_qkv = ops.fused_weights([att.q_proj, att.k_proj, att.v_proj])
         qkv = linear(norm(h, layer.input_layernorm), w_qkv, b_qkv).view(n, H + 2 * Hkv, D)
         if getattr(att, "q_norm", None) is not None:  # Qwen3: per-head RMSNorm before RoPE
             q, k, v = qkv.split([H, Hkv, Hkv], 1)
             qkv = torch.cat([norm(q, att.q_norm), norm(k, att.k_norm), v], 1)
-        if fused:
-            blocks = qkv.index_select(0, pb.gather.view(-1)).view(R, S, -1)
-            o = kernels.causal_attention(blocks, pb.block_len, H, Hkv, att.scaling, cos_t, ssin_t)
-        else:
-            # RoPE on q and k in place: the matmul keeps its input, not its output, for backward
-            qkv[:, : H + Hkv] = _rotate_fast(qkv[:, : H + Hkv], cos, sin)
-            blocks = qkv.index_select(0, pb.gather.view(-1)).view(R, S, H + 2 * Hkv, D)
-            q, k, v = blocks.transpose(1, 2).split([H, Hkv, Hkv], 1)  # [R, h, S, D]
-            if S <= MATMUL_ATTENTION_MAX and q.device.type == "cpu":  # GPUs: SDPA's kernels
-                o = _causal_attention(q, k, v, att.scaling)
-            else:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=att.scaling, **gqa)
-            o = o.transpose(1, 2)  # [R, S, H, D]
+        # block position t is position id t: a block is its prompt from position 0, then its
+        # completion; pb.pos holds the same ids for the flat tokens
+        o = ops.block_causal_attention(qkv, pb.gather, pb.block_len, H, Hkv, att.scaling,
+                                       cos_t, ssin_t, pb.pos)  # [R, S, H*D]
         o = o.reshape(R * S, H * D).index_select(0, pb.scatter)  # [n, H*D]
         h = linear(o, att.o_proj.weight, att.o_proj.bias, add=h)
         h = _mlp(layer, h, norm)
@@ -271,21 +234,6 @@ def _mlp(layer, h: Tensor, norm) -> Tensor:
     x = norm(h, layer.post_attention_layernorm)
     act = swiglu(x, mlp.gate_proj.weight, mlp.gate_proj.bias, mlp.up_proj.weight, mlp.up_proj.bias)
     return linear(act, mlp.down_proj.weight, mlp.down_proj.bias, add=h)
-
-
-def _causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """Causal attention as two batched matmuls: q [R, H, S, D], k/v [R, Hkv, S, D] -> [R, H, S, D].
-    Query heads sharing a kv head (h = kv * G + g) are stacked along the query axis, so the
-    keys and values are not repeated."""
-    R, H, S, D = q.shape
-    Hkv = k.shape[1]
-    G = H // Hkv
-    bias = torch.full((S, S), float("-inf"), dtype=q.dtype, device=q.device).triu_(1)
-    bias = bias.repeat(G, 1) if G > 1 else bias  # [G*S, S]
-    scores = torch.baddbmm(bias.expand(R * Hkv, G * S, S), q.reshape(R * Hkv, G * S, D),
-                           k.reshape(R * Hkv, S, D).transpose(1, 2), alpha=scale)
-    o = torch.bmm(torch.softmax(scores, -1), v.reshape(R * Hkv, S, D))  # [R*Hkv, G*S, D]
-    return o.view(R, H, S, D)
 
 
 def unflatten(flat: Tensor, valid: Tensor, width: int) -> Tensor:
