@@ -217,10 +217,15 @@ def list_components() -> None:
     import r1lab.data.templates  # noqa: F401
     import r1lab.rewards  # noqa: F401
     import r1lab.rollout.hf  # noqa: F401
+    from r1lab.algorithms.options import KINDS, option_keys
     from r1lab.registry import REGISTRIES
 
+    with_options = {registry.kind: kind for kind, (registry, _) in KINDS.items()}
     for kind, reg in sorted(REGISTRIES.items()):
         console.print(f"[bold]{kind}[/] ({len(reg)}): {', '.join(reg.names())}")
+        for name in reg.names() if kind in with_options else []:  # the options each one takes
+            keys = option_keys(with_options[kind], name)
+            console.print(f"  {name}: {', '.join(keys) if keys else '(no options)'}", highlight=False)
 
 
 def _bare_option(args: list[str], option: str, value: str) -> list[str]:

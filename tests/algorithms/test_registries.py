@@ -8,9 +8,10 @@ from r1lab.registry import UnknownComponentError
 EXPECTED = {
     "advantage_estimator": (
         ADVANTAGES,
-        {"grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gae"},
+        {"grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "gae",
+         "normalize_then_sum"},
     ),
-    "policy_loss": (POLICY_LOSSES, {"clip", "dual_clip", "gspo", "pg"}),
+    "policy_loss": (POLICY_LOSSES, {"clip", "dual_clip", "gspo", "cispo", "pg"}),
     "loss_aggregation": (
         AGGREGATIONS,
         {"token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"},

@@ -171,6 +171,19 @@ def choose(kind: str, name: str, settings: Mapping[str, tuple[Any, bool]],
     return Chosen(kind, name, fn, options)
 
 
+def option_keys(kind: str, name: str) -> list[str]:
+    """The ``algorithm.*`` (and ``critic.*``) config keys that ``kind``'s function ``name`` takes.
+
+    >>> option_keys("loss", "gspo"), option_keys("kl", "k1")
+    (['eps_low', 'eps_high'], [])
+    """
+    names, _, var_kw = _params(KINDS[kind][0].get(name))
+    keys = [key for key, (k, param) in OPTIONS.items() if k == kind and (param in names or var_kw)]
+    if kind == "advantage":
+        keys += [f"critic.{key}" for key, param in CRITIC_OPTIONS.items() if param in names]
+    return keys
+
+
 def resolve_algorithm(alg: AlgorithmConfig, critic: CriticConfig | None = None) -> Algorithm:
     """The step's four functions from ``cfg.algorithm`` (and ``cfg.critic``'s GAE constants).
 
