@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["__init__", "advantages", "aggregation", "kl", "losses", "metrics", "options"]
+MODULES = ["__init__", "advantages", "aggregation", "kl", "losses", "metrics", "options", "mismatch"]
 
 
 @pytest.mark.parametrize("name", MODULES)

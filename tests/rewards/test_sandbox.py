@@ -317,3 +317,103 @@ def test_without_root_a_fork_bomb_and_daemons_die_with_the_run(as_nobody):
     while set(uid_processes(NOBODY)) - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert set(uid_processes(NOBODY)) - before == set()
+
+
+# --- clean-up: no scratch left in the host's temp dir on any exit path; the supervisor capped ---
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+
+from r1lab.rewards import sandbox as sandbox_mod  # noqa: E402
+
+LITTER = (
+    "import os\n"
+    "open('in_cwd.txt', 'w').write('x')\n"
+    "open(os.path.join(os.environ['TMPDIR'], 'in_tmp.txt'), 'w').write('x')\n"
+    "os.makedirs('deep/er', exist_ok=True)\n"
+    "if os.fork() == 0:\n    os.setsid()\n"  # a daemon that outlives its parent
+    "while True: pass\n"
+)
+
+
+@pytest.fixture
+def host_tmp(monkeypatch):
+    """The host's temp dir, as tempfile sees it, is an empty folder of this test (in the real
+    temp dir: a run without namespaces must be able to reach its scratch under its own uid)."""
+    import shutil
+
+    d = Path(tempfile.mkdtemp(prefix="r1lab-test-host-tmp-"))
+    d.chmod(0o711)
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    monkeypatch.setattr(sandbox_mod, "_swept", set())
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["namespaces", "degraded"])
+def test_a_timed_out_program_leaves_nothing_in_the_host_temp_dir(host_tmp, namespaces):
+    r = run_python(LITTER, Limits(wall_s=1.0, cpu_s=5), namespaces=namespaces)
+    assert r.timed_out
+    assert list(host_tmp.iterdir()) == []
+    assert sandbox_processes() == []
+
+
+def test_a_reward_timeout_raised_into_the_run_still_cleans_up(host_tmp):
+    from r1lab.rewards.compose import RewardComposer
+
+    # the sandbox would wait 5 s; the reward watchdog raises RewardTimeout into it after 0.5 s
+    composer = RewardComposer([{"name": "code", "kwargs": {"timeout_s": 5.0}}], timeout_s=0.5)
+    start = time.monotonic()
+    batch = composer(["```python\nwhile True: pass\n```"], [{"tests": ["assert f() == 1"]}])
+    composer.close()
+    assert batch.errors == 1 and time.monotonic() - start < 4.0
+    assert list(host_tmp.iterdir()) == []
+    assert sandbox_processes() == []
+
+
+def test_a_killed_host_leaves_no_run_and_its_scratch_is_swept(host_tmp):
+    host = subprocess.Popen([sys.executable, "-c",
+        "import tempfile, sys; tempfile.tempdir = sys.argv[1]\n"
+        "from r1lab.rewards.sandbox import run_python, Limits\n"
+        "run_python('import time; time.sleep(60)', Limits(wall_s=60, cpu_s=60))", str(host_tmp)])  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox_processes(), "the sandboxed program never started"
+    assert [p.name.split("-")[2] for p in host_tmp.iterdir()] == [str(host.pid)]
+    host.kill()  # SIGKILL: no finally runs in the host
+    host.wait()
+    deadline = time.monotonic() + 5
+    while sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox_processes() == []  # the supervisor and the program died with their host
+    assert run_python("print(1)").stdout == b"1\n"  # the next run sweeps the dead host's dir
+    assert list(host_tmp.iterdir()) == []
+
+
+def test_the_supervisor_runs_under_the_memory_cap():
+    cap = 300 << 20
+    seen: list[str] = []
+    done = threading.Event()
+
+    def watch():  # the supervisor's limits, as last seen while the program sleeps
+        while not done.is_set():
+            for d in Path("/proc").iterdir():
+                try:
+                    if d.name.isdigit() and "_sandbox_init.py" in (d / "cmdline").read_text() and \
+                            int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                        seen.append((d / "limits").read_text())
+                except (OSError, ValueError, IndexError):
+                    pass
+            time.sleep(0.02)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    run_python("import time; time.sleep(2)", Limits(wall_s=10, cpu_s=5, memory_bytes=cap))
+    done.set()
+    t.join()
+    assert seen, "the supervisor was not found"
+    line = next(x for x in seen[-1].splitlines() if x.startswith("Max address space"))
+    assert line.split()[3] == str(cap)

@@ -33,6 +33,7 @@ from r1lab.algorithms.advantages import ADVANTAGES, compute_gae, discounted_retu
 from r1lab.algorithms.aggregation import AGGREGATIONS, masked_mean, masked_sum
 from r1lab.algorithms.kl import KL_ESTIMATORS, kl_penalized_rewards, last_token_rewards
 from r1lab.algorithms.losses import POLICY_LOSSES, value_loss
+from r1lab.algorithms.mismatch import ROLLOUT_CORRECTIONS, mismatch_kl
 from r1lab.algorithms.metrics import (
     approx_kl,
     clip_fractions,
@@ -61,6 +62,8 @@ __all__ = [
     "resolve_algorithm",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
+    "ROLLOUT_CORRECTIONS",
+    "mismatch_kl",
     "approx_kl",
     "clip_fractions",
     "compute_gae",

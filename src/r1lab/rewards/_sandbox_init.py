@@ -117,17 +117,25 @@ def drop_all_capabilities() -> None:
     _check(libc.capset(ctypes.byref(header), data), "capset")
 
 
-def set_limits(lim: dict) -> None:
+def set_limits(lim: dict, nproc: bool = True) -> None:
+    """The run's rlimits. The supervisor gets them all but RLIMIT_NPROC (which, without root,
+    counts the caller's own processes and could stop the supervisor's one fork)."""
+    if nproc:
+        resource.setrlimit(resource.RLIMIT_NPROC, (lim["processes"], lim["processes"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
     resource.setrlimit(resource.RLIMIT_AS, (lim["memory_bytes"], lim["memory_bytes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (lim["file_bytes"], lim["file_bytes"]))
     resource.setrlimit(resource.RLIMIT_NOFILE, (lim["open_files"], lim["open_files"]))
-    resource.setrlimit(resource.RLIMIT_NPROC, (lim["processes"], lim["processes"]))
 
 
 def main() -> None:
+    # the supervisor dies with the host process (a SIGKILLed trainer leaves no run behind:
+    # its child, PID 1 of the pid namespace, has the same death signal on the supervisor)
     cfg = json.loads(sys.argv[1])
+    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    if cfg.get("host") is not None and os.getppid() != cfg["host"]:
+        os._exit(1)  # the host died before the death signal was set
     source = sys.stdin.buffer.read()
     uid, workdir = cfg["uid"], cfg.get("workdir")
     isolated = False
@@ -146,6 +154,7 @@ def main() -> None:
             isolated = True
         except OSError as e:
             print(f"R1LAB_SANDBOX_DEGRADED {e}", file=sys.stderr, flush=True)
+    set_limits(cfg["limits"], nproc=False)  # the supervisor too runs under the memory cap
     pid = os.fork()  # the child is PID 1 of the new pid namespace: when it exits, all of it dies
     if pid:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -57,6 +57,8 @@ _INIT = str(Path(__file__).with_name("_sandbox_init.py"))
 _UID_BASE, _UID_SPAN = 1_000_000, 1_000_000  # far above any real account
 _counter = itertools.count()
 _warned: set[str] = set()
+_swept: set[str] = set()
+SCRATCH_PREFIX = "r1lab-sandbox-"
 
 
 @dataclass(frozen=True)
@@ -108,38 +110,85 @@ def run_python(source: str, limits: Limits = Limits(), namespaces: bool = True) 
         _warn_once("uid", "r1lab sandbox: not root, so the code runs under your own uid (in a user "
                    "namespace where available); a fork bomb is limited by RLIMIT_NPROC on your "
                    "uid, and your other processes count against it")  # fmt: skip
-    workdir = tempfile.mkdtemp(prefix="r1lab-sandbox-")
-    cfg = {
-        "uid": uid,
-        "userns": None if is_root else [os.geteuid(), os.getegid()],
-        "workdir": workdir,
-        "namespaces": namespaces,
-        "keep": _keep_paths(),
-        "limits": {k: getattr(limits, k) for k in ("cpu_s", "memory_bytes", "file_bytes")}
-        | {"open_files": limits.open_files, "processes": limits.processes},
-    }
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-B", _INIT, json.dumps(cfg)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        close_fds=True,
-        cwd=workdir,
-        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-    )
+    _sweep_stale_scratch()
+    workdir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+    proc = None
     try:
+        cfg = {
+            "uid": uid,
+            "host": os.getpid(),
+            "userns": None if is_root else [os.geteuid(), os.getegid()],
+            "workdir": workdir,
+            "namespaces": namespaces,
+            "keep": _keep_paths(),
+            "limits": {k: getattr(limits, k) for k in ("cpu_s", "memory_bytes", "file_bytes")}
+            | {"open_files": limits.open_files, "processes": limits.processes},
+        }
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-B", _INIT, json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+            cwd=workdir,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        )
         out, err, truncated, timed_out = _communicate(proc, source.encode(), limits, start)
     finally:
-        _kill_everything(proc, uid)
-        shutil.rmtree(workdir, ignore_errors=True)
+        _clean_up(proc, uid, workdir)
     result = RunResult(proc.returncode, out, err, timed_out, time.monotonic() - start, truncated)
     if b"R1LAB_SANDBOX_DEGRADED" in err or not cfg["namespaces"]:
         result.isolated = False
         _warn_once("ns", "r1lab sandbox: namespaces unavailable, model code CAN use the network "
                    "and write to world-writable dirs: " + err.decode(errors="replace")[:200])  # fmt: skip
     return result
+
+
+def _clean_up(proc: subprocess.Popen | None, uid: int | None, workdir: str) -> None:
+    """Kill the run and remove its scratch, even when an exception is raised into this thread
+    meanwhile (the reward watchdog's `RewardTimeout`): the first one is re-raised at the end."""
+    pending: BaseException | None = None
+    steps = [lambda: _kill_everything(proc, uid)] if proc is not None else []
+    steps.append(lambda: shutil.rmtree(workdir, ignore_errors=True))
+    for step in steps:
+        for _ in range(5):
+            try:
+                step()
+                break
+            except BaseException as e:  # noqa: BLE001 - finish the clean-up, then re-raise
+                pending = pending or e
+    if pending is not None:
+        raise pending
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_stale_scratch() -> None:
+    """Once per process: remove scratch dirs left by a process that was killed (SIGKILL runs no
+    `finally`); a dir is stale when the pid in its name is gone.
+
+    A scratch dir is `r1lab-sandbox-<pid>-<random>` in the temp dir."""
+    tmp = tempfile.gettempdir()
+    if tmp in _swept:
+        return
+    _swept.add(tmp)
+    with contextlib.suppress(OSError):
+        for name in os.listdir(tmp):
+            if not name.startswith(SCRATCH_PREFIX):
+                continue
+            pid = name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+            if not pid.isdigit() or not _pid_alive(int(pid)):
+                shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
 
 
 def _communicate(proc, data: bytes, limits: Limits, start: float):
