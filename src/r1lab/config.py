@@ -89,7 +89,7 @@ class DataConfig(Section):
     """Prompts. `source` is `synthetic:<task>` or a path to a jsonl/json/parquet file or HF dataset dir."""
 
     source: str = "synthetic:addition"
-    template: str = "tiny"
+    template: str = "auto"  # chat with a chat template, tiny for the demo tokenizer, else r1_zero
     prompt_field: str = "question"
     answer_field: str = "answer"
     train_size: int = Field(4000, gt=0)

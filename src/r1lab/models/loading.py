@@ -19,6 +19,8 @@ import torch
 from r1lab.config import ModelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: a model directory needs one of these to have a tokenizer (else transformers builds a 1-token one)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
 def pick_device(name: str) -> torch.device:
@@ -70,7 +72,14 @@ def load_policy(cfg: ModelConfig, seed: int = 0):
                 f"model.path {path} is not a Hugging Face model directory (no config.json); "
                 "r1lab loads models from local paths only"
             )
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"model.path {path} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+                "save the tokenizer beside the weights: tokenizer.save_pretrained(path)")
         tokenizer = AutoTokenizer.from_pretrained(path)
+        if len(tokenizer) < 2:
+            raise FileNotFoundError(f"model.path {path}: its tokenizer files give a tokenizer of "
+                                    f"{len(tokenizer)} token(s), not a usable one")
         quant = None
         if cfg.lora is not None:
             from r1lab.models.lora import quantization_config
