@@ -85,3 +85,33 @@ def test_a_function_needing_an_input_no_one_offers_is_refused():
             choose("advantage", "_test_needs_baseline", {})
     finally:
         ADVANTAGES._items.pop("_test_needs_baseline")
+
+
+def test_an_option_written_at_its_default_is_not_an_error():
+    """A saved config.yaml writes every field; dr_grpo's run must load it again."""
+    cfg = RunConfig.model_validate({"algorithm": {"advantage": "dr_grpo", "adv_eps": 1e-4,
+                                                  "loss": "pg", "eps_low": 0.2}})
+    assert dict(resolve_algorithm(cfg.algorithm).advantage.options) == {}
+    with pytest.raises(ConfigError, match=r"^algorithm\.adv_eps: the advantage estimator 'dr_grpo'"):
+        RunConfig.model_validate({"algorithm": {"advantage": "dr_grpo", "adv_eps": 1e-3}})
+
+
+@pytest.mark.parametrize("name", ["dr_grpo", "ppo", "grpo_paper", "trl_grpo", "verl_grpo", "dapo"])
+def test_saved_preset_configs_load_again(name, tmp_path):
+    from pathlib import Path
+
+    from r1lab.config import save_config
+
+    cfg = load_config(Path(__file__).parents[2] / "configs" / f"{name}.yaml")
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again.algorithm == cfg.algorithm
+
+
+def test_kl_options_are_checked_against_the_kl_estimator():
+    with pytest.raises(ConfigError, match=r"^algorithm\.kl_bias_correction: the KL estimator 'k1' "
+                                          r"does not take this option \(it takes: none\)"):
+        RunConfig.model_validate({"algorithm": {"kl_estimator": "k1", "beta": 0.1,
+                                                "kl_bias_correction": True}})
+    with pytest.raises(ConfigError, match=r"^algorithm\.clip_delta: the loss 'dual_clip'"):
+        RunConfig.model_validate({"algorithm": {"loss": "dual_clip", "clip_delta": 2.0}})

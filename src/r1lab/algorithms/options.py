@@ -14,9 +14,10 @@ aggregation and KL estimator and binds each to the config options it takes::
 A ``Chosen`` passes its function the inputs the function's signature names (the trainer offers
 every input of the kind; the ones a function does not name are dropped) plus all of its bound
 options. Options are strict: a key in ``OPTIONS`` that the user *set* (pydantic's
-``model_fields_set``) and the chosen function does not take is a ``OptionError`` naming the key;
-an option left at its default is passed only to the functions that take it. A function that
-needs an input its kind does not offer (and no option gives) is refused too.
+``model_fields_set``) to a value other than its default, and that the chosen function does not
+take, is an ``OptionError`` naming the key; an option left at its default (or written out at its
+default, as a saved ``config.yaml`` writes every field) is passed only to the functions that take
+it. A function that needs an input its kind does not offer (and no option gives) is refused too.
 """
 
 from __future__ import annotations
@@ -184,6 +185,13 @@ def option_keys(kind: str, name: str) -> list[str]:
     return keys
 
 
+def _set(alg: AlgorithmConfig, key: str) -> bool:
+    """Whether the user set ``key`` to something other than its default. A value equal to the
+    default counts as unset, so that a saved ``config.yaml`` (which writes every field) loads
+    again, and a pipeline stage re-validating the dumped config does not trip on defaults."""
+    return key in alg.model_fields_set and getattr(alg, key) != type(alg).model_fields[key].default
+
+
 def resolve_algorithm(alg: AlgorithmConfig, critic: CriticConfig | None = None) -> Algorithm:
     """The step's four functions from ``cfg.algorithm`` (and ``cfg.critic``'s GAE constants).
 
@@ -191,8 +199,7 @@ def resolve_algorithm(alg: AlgorithmConfig, critic: CriticConfig | None = None) 
     ``algorithm.*`` key) for an option the chosen function does not take. The KL estimator's
     options are checked even when ``beta == 0``, where ``kl`` is None.
     """
-    was_set = alg.model_fields_set
-    settings = {key: (getattr(alg, key), key in was_set) for key in OPTIONS}
+    settings = {key: (getattr(alg, key), _set(alg, key)) for key in OPTIONS}
     extra = {} if critic is None else {p: getattr(critic, k) for k, p in CRITIC_OPTIONS.items()}
     kl = choose("kl", alg.kl_estimator, settings)
     return Algorithm(
