@@ -33,13 +33,13 @@ from r1lab.algorithms.advantages import ADVANTAGES, compute_gae, discounted_retu
 from r1lab.algorithms.aggregation import AGGREGATIONS, masked_mean, masked_sum
 from r1lab.algorithms.kl import KL_ESTIMATORS, kl_penalized_rewards, last_token_rewards
 from r1lab.algorithms.losses import POLICY_LOSSES, value_loss
-from r1lab.algorithms.mismatch import ROLLOUT_CORRECTIONS, mismatch_kl
 from r1lab.algorithms.metrics import (
     approx_kl,
     clip_fractions,
     entropy_from_logits,
     zero_signal_groups,
 )
+from r1lab.algorithms.mismatch import ROLLOUT_CORRECTIONS, mismatch_kl
 from r1lab.algorithms.options import (
     INPUTS,
     OPTIONS,
