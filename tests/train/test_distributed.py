@@ -106,3 +106,17 @@ def test_peak_memory_reports_rss():
     x += 1
     after = peak_memory()["memory/peak_rss_mb"]
     assert after >= before and after > 64
+
+
+def test_auto_strategy_follows_accelerate_env(monkeypatch):
+    from r1lab.train.distributed import offload_requested, resolve_strategy
+
+    assert resolve_strategy("auto", World(0, 2)) == "ddp"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
+    assert resolve_strategy("auto", World(0, 2)) == "fsdp2" and offload_requested(False)
+    assert resolve_strategy("auto", World(0, 1)) == "none"
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ValueError, match="deepspeed is not built"):
+        resolve_strategy("auto", World(0, 2))

@@ -19,7 +19,8 @@ config names (`train.strategy`):
 - `fsdp2`: `torch.distributed.fsdp.fully_shard` on every decoder layer and the root, gradients
   reduce-scattered as sums (divide factor 1), optional bf16 compute over fp32 shards
   (`MixedPrecisionPolicy`) and CPU offload of parameters and optimiser state;
-- `auto`: `none` for one process, else `ddp`.
+- `auto`: `none` for one process; under `accelerate launch` the engine its config names
+  (FSDP -> `fsdp2`, DeepSpeed -> refused: not built); else `ddp`.
 
 Gradients are *sums*, not means: each rank's loss is its own tokens' share of the global
 normaliser (`World.sum` of the token count), so the sum over ranks is exactly the one-process
@@ -159,7 +160,11 @@ def resolve_strategy(name: str, world: World) -> str:
     if name not in STRATEGIES:
         raise ValueError(f"train.strategy: unknown {name!r} (valid: {', '.join(STRATEGIES)})")
     if name == "auto":
-        return "none" if world.size == 1 else "ddp"
+        if world.size == 1:
+            return "none"
+        if _env_true("ACCELERATE_USE_FSDP"):  # accelerate launch with an FSDP config
+            return "fsdp2"
+        name = "deepspeed" if _env_true("ACCELERATE_USE_DEEPSPEED") else "ddp"
     if name == "none" and world.size > 1:
         raise ValueError(f"train.strategy: none, but {world.size} processes were launched: "
                          "each would train its own copy; use ddp or fsdp2 (or auto)")
@@ -168,6 +173,15 @@ def resolve_strategy(name: str, world: World) -> str:
                          "configs/accelerate/ for ZeRO are for accelerate's own trainers); use "
                          "fsdp2 for sharded weights, gradients and optimiser state")
     return name
+
+
+def offload_requested(configured: bool) -> bool:
+    """`train.offload`, or accelerate's `fsdp_offload_params: true` (env FSDP_OFFLOAD_PARAMS)."""
+    return configured or _env_true("FSDP_OFFLOAD_PARAMS")
+
+
+def _env_true(key: str) -> bool:
+    return os.environ.get(key, "").strip().lower() in ("1", "true", "yes")
 
 
 # ---------------------------------------------------------------- the policy under a strategy
