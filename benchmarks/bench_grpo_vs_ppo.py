@@ -45,7 +45,7 @@ def build(algo: str, base: str, seed: int):
     from r1lab.models import load_policy
     from r1lab.pipeline.demo import load_demo_config, synthetic_task
     from r1lab.train.common import seed_everything
-    from r1lab.train.ppo import build_trainer
+    from r1lab.train.grpo import build_trainer
 
     cfg = load_demo_config(overrides=[*ALGOS[algo], f"train.seed={seed}", "log.progress=false"])
     cfg.model = ModelConfig(path=base, device="auto")

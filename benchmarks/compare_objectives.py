@@ -34,7 +34,7 @@ from r1lab.evaluation import Protocol, evaluate
 from r1lab.models import load_policy
 from r1lab.pipeline.demo import load_demo_config, pretrain_corpus, synthetic_task
 from r1lab.train.common import seed_everything
-from r1lab.train.ppo import build_trainer
+from r1lab.train.grpo import build_trainer
 from r1lab.train.sft import train_sft
 
 MAXLEN = 96  # the demo's rollout.max_new_tokens

@@ -57,6 +57,7 @@ def test_four_stages_chain_their_checkpoints_and_resume_at_stage_granularity(tmp
     assert ev["T=1"]["pass1"] == results["cold_start"]["eval"]["T=1"] and len(ev["T=1"]["samples"]) == 2
     printed = capsys.readouterr().out
     assert "held-out pass@1 by stage (2 problems)" in printed, printed[-3000:]
+    assert "no checkpoint" not in printed and "warning" not in printed  # a fresh run is not a resume
     for name in ("cold_start", "reasoning_rl", "rejection_sft", "all_scenario_rl"):
         assert re.search(rf"│\s*{name}\s*│\s*{results[name]['eval']['T=1']:.3f}\s*│", printed), name
     # a second run finds every stage done: nothing is re-run, the results are the same

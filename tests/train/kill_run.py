@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from r1lab import cli
-from r1lab.train import checkpoint, grpo
+from r1lab.train import checkpoint
+from r1lab.train.update import PolicyUpdate
 
 
 def die() -> None:
@@ -26,14 +27,14 @@ def die() -> None:
 def arm(point: str) -> None:
     kind, _, n = point.partition(":")
     if kind == "update":
-        update = grpo.GRPOTrainer._update
+        update = PolicyUpdate.__call__
 
         def _update(self, *args, **kwargs):
-            if self.step_count == int(n):
+            if self.scheduler.last_epoch == int(n):  # optimiser steps taken so far
                 die()
             return update(self, *args, **kwargs)
 
-        grpo.GRPOTrainer._update = _update
+        PolicyUpdate.__call__ = _update
     elif kind == "manifest":
         write_manifest = checkpoint._write_manifest
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from r1lab.pipeline.run import run_grpo
 from r1lab.train import checkpoint as ckpt
 from r1lab.train.grpo import GRPOTrainer, NonFiniteError
+from r1lab.train.update import PolicyUpdate
 
 from . import survival
 from .survival import same_weights, tiny_config, weights
@@ -129,14 +130,14 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning(tmp_path, referen
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, monkeypatch, reference):
-    original = GRPOTrainer._update
+    original = PolicyUpdate.__call__
 
     def update_then_signal(self, *args, **kwargs):
-        if self.step_count == 0:  # arrives in the middle of step 1
+        if self.scheduler.last_epoch == 0:  # arrives in the middle of step 1
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(GRPOTrainer, "_update", update_then_signal)
+    monkeypatch.setattr(PolicyUpdate, "__call__", update_then_signal)
     out = tmp_path / "run"
     console, buf = quiet()
     result = run_grpo(tiny_config(), out, console=console)
@@ -145,7 +146,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, mon
     assert ckpt.latest_valid(out / "checkpoints").name == "step-1"
     assert not (out / "final").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
-    monkeypatch.setattr(GRPOTrainer, "_update", original)
+    monkeypatch.setattr(PolicyUpdate, "__call__", original)
     run_grpo(tiny_config(), out, console=quiet()[0], resume="latest")
     assert same_weights(reference / "final", out / "final")
 

@@ -10,15 +10,10 @@ from r1lab.config import RunConfig
 from r1lab.data.tasks import generate
 from r1lab.rewards import RewardBatch
 from r1lab.rollout import RolloutBatch
-from r1lab.train.dapo import (
-    Sampled,
-    concat_sampled,
-    fill_batch,
-    loss_mask,
-    sampled_entropy,
-    select_groups,
-)
+from r1lab.train.batch import Sampled, concat_sampled, loss_mask, select_groups
 from r1lab.train.grpo import GRPOTrainer
+from r1lab.train.metrics import sampled_entropy
+from r1lab.train.sampling import fill_batch
 
 PAD = 0
 
@@ -129,13 +124,13 @@ def test_trainer_step_with_dynamic_sampling(tmp_path: Path, micro_model, tokeniz
     trainer = GRPOTrainer(cfg, micro_model, tokenizer, rows, tmp_path)
     trainer.rewards = ParityReward()
     seen = {}
-    update = trainer._update
+    update = trainer.update
 
-    def spy(input_ids, *rest):
-        seen["N"] = len(input_ids)
-        return update(input_ids, *rest)
+    def spy(tokens, *rest):
+        seen["N"] = len(tokens)
+        return update(tokens, *rest)
 
-    trainer._update = spy
+    trainer.update = spy
     m = trainer.step()
     assert 0 <= m["refill_rounds"] <= 2
     assert seen["N"] == round(m["kept_groups"] * 4) * 2

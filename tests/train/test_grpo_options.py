@@ -84,13 +84,13 @@ def test_mask_truncated_removes_cut_completions_from_the_loss(tmp_path, micro_mo
     # random weights almost never emit eos within 10 tokens: nearly everything is truncated
     trainer = make_trainer(tmp_path, micro_model, tokenizer, mask_truncated=True)
     seen = {}
-    update = trainer._update
+    update = trainer.update
 
-    def spy(input_ids, attn, pos, L, mask, *rest):
-        seen["mask"] = mask.clone()
-        return update(input_ids, attn, pos, L, mask, *rest)
+    def spy(tokens, *rest):
+        seen["mask"] = tokens.train_mask.clone()
+        return update(tokens, *rest)
 
-    trainer._update = spy
+    trainer.update = spy
     m = trainer.step()
     assert m["truncated_rate"] > 0
     lengths = seen["mask"].sum(-1)  # [N]

@@ -24,6 +24,7 @@ import r1lab.kernels as kernels
 import r1lab.models.ops as ops
 import r1lab.onednn as onednn
 from r1lab.config import RunConfig
+from r1lab.train.batch import Advantages, TokenBatch
 from r1lab.train.common import completion_logprobs, join_prompt_completion
 from r1lab.train.grpo import GRPOTrainer
 from r1lab.train.packed import PackedBatch, packed_logprobs, packed_support
@@ -174,12 +175,13 @@ def test_a_grpo_update_through_the_packed_forward_equals_the_padded_one(tmp_path
                                                   "packed": packed},
             "optim": {"lr": 1e-2}, "log": {"progress": False}})
         tr = GRPOTrainer(cfg, model, tokenizer, [{"question": "1+1", "answer": "2"}], tmp_path)
-        assert tr._packed(model, ids.shape[1]) is packed
-        adv, _ = tr._advantages(rewards, mask, ids, attn, pos, L)
-        ref = tr._ref_logprobs(ids, attn, pos, L)
+        assert tr.forward.is_packed(model, ids.shape[1]) is packed
+        tokens = TokenBatch(ids, attn, pos, L, mask, mask, group_size=3)
+        adv = tr.algorithm.advantage(rewards=rewards, group_size=3, mask=mask)
+        ref = tr.forward.reference(tr.ref_model, tokens)
         with torch.no_grad():
             old = completion_logprobs(model, ids, attn, pos, L) * mask
-        totals = tr._update(ids, attn, pos, L, mask, old, adv, ref)
+        totals = tr.update(tokens, Advantages(adv, rewards, ref_logp=ref), old)
         result[packed] = (totals, ref * mask, {k: v.detach().clone() for k, v in model.named_parameters()})
     (t_p, ref_p, w_p), (t_h, ref_h, w_h) = result[True], result[False]
     torch.testing.assert_close(ref_p, ref_h, atol=2e-5, rtol=0)

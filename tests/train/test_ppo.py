@@ -8,8 +8,9 @@ import torch
 from r1lab.config import RunConfig
 from r1lab.data.tasks import generate
 from r1lab.rewards import RewardBatch
-from r1lab.train.grpo import GRPOTrainer
-from r1lab.train.ppo import PPOTrainer, ValueModel, build_trainer
+from r1lab.train.batch import TokenBatch
+from r1lab.train.critic import Critic, ValueModel
+from r1lab.train.grpo import GRPOTrainer, build_trainer
 
 MICRO = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
          "intermediate_size": 64, "max_position_embeddings": 128}
@@ -86,7 +87,7 @@ def test_packed_critic_values_and_gradients_equal_the_padded_forward(micro_model
 
 
 def test_ppo_step_trains_policy_and_critic(tmp_path: Path, micro_model, tokenizer):
-    trainer = PPOTrainer(make_cfg(critic={"lr": 1e-2}), micro_model, tokenizer, rows(), tmp_path)
+    trainer = GRPOTrainer(make_cfg(critic={"lr": 1e-2}), micro_model, tokenizer, rows(), tmp_path)
     trainer.rewards = LengthReward()
     policy0 = [p.detach().clone() for p in micro_model.parameters()]
     critic0 = [p.detach().clone() for p in trainer.critic.parameters()]
@@ -101,31 +102,32 @@ def test_ppo_step_trains_policy_and_critic(tmp_path: Path, micro_model, tokenize
 
 
 def test_critic_regression_reduces_the_value_loss(tmp_path, micro_model, tokenizer):
-    trainer = PPOTrainer(make_cfg(critic={"lr": 1e-3, "value_clip": None}), micro_model, tokenizer,
-                         rows(), tmp_path)
+    trainer = GRPOTrainer(make_cfg(critic={"lr": 1e-3, "value_clip": None}), micro_model,
+                          tokenizer, rows(), tmp_path)
     ids = torch.randint(3, 50, (4, 8), generator=torch.Generator().manual_seed(0))
     attn, pos, mask = torch.ones_like(ids), torch.arange(8).expand(4, 8), torch.ones(4, 4)
     returns = torch.tensor([[1.0], [0.0], [1.0], [0.5]]).expand(4, 4)
     losses = []
+    tokens = TokenBatch(ids, attn, pos, 4, mask, mask, group_size=1)
     for _ in range(6):
-        with torch.no_grad():
-            values = trainer.critic(ids, attn, pos, 4)
-        losses.append(trainer._update_critic(ids, attn, pos, 4, mask, values, returns)["value_loss"])
+        values = trainer.critic.values(tokens)
+        losses.append(trainer.critic.regress(tokens, mask, values, returns)["value_loss"])
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
 
 
-def test_build_trainer_picks_ppo_from_a_critic_section(tmp_path, micro_model, tokenizer):
-    assert type(build_trainer(make_cfg(critic={}), micro_model, tokenizer, rows(), tmp_path)) is PPOTrainer
+def test_a_critic_section_gives_the_step_a_critic(tmp_path, micro_model, tokenizer):
+    ppo = build_trainer(make_cfg(critic={}), micro_model, tokenizer, rows(), tmp_path)
+    assert isinstance(ppo.critic, Critic) and isinstance(ppo.critic.model, ValueModel)
     grpo = build_trainer(make_cfg(advantage="grpo"), micro_model, tokenizer, rows(), tmp_path)
-    assert type(grpo) is GRPOTrainer
+    assert type(grpo) is GRPOTrainer and grpo.critic is None
     with pytest.raises(ValueError, match="critic"):
-        PPOTrainer(make_cfg(), micro_model, tokenizer, rows(), tmp_path)
+        Critic(make_cfg(), micro_model, ppo.forward)
 
 
 def test_ppo_save_writes_the_critic(tmp_path, micro_model, tokenizer):
     from safetensors.torch import load_file
 
-    trainer = PPOTrainer(make_cfg(critic={}), micro_model, tokenizer, rows(), tmp_path)
+    trainer = GRPOTrainer(make_cfg(critic={}), micro_model, tokenizer, rows(), tmp_path)
     out = trainer.save(tmp_path / "ckpt")
     state = load_file(out / "critic.safetensors")
     assert "head.weight" in state and (out / "config.json").is_file()
@@ -140,8 +142,8 @@ def test_a_resumed_ppo_run_continues_exactly_where_it_stopped(tmp_path, micro_mo
 
     def trainer(run_dir):
         seed_everything(0)
-        tr = PPOTrainer(make_cfg(critic={"lr": 1e-2}), copy.deepcopy(micro_model), tokenizer,
-                        rows(), run_dir)
+        tr = GRPOTrainer(make_cfg(critic={"lr": 1e-2}), copy.deepcopy(micro_model), tokenizer,
+                         rows(), run_dir)
         tr.rewards = LengthReward()
         return tr
 
@@ -156,10 +158,10 @@ def test_a_resumed_ppo_run_continues_exactly_where_it_stopped(tmp_path, micro_mo
     resumed.resume(ckpt)
     assert resumed.step_count == 2
     resumed.step()
-    for a, b in ((straight.model, resumed.model), (straight.critic, resumed.critic)):
+    for a, b in ((straight.model, resumed.model), (straight.critic.model, resumed.critic.model)):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             torch.testing.assert_close(p, q, atol=0, rtol=0, msg=name)
-    sa, sb = straight.critic_optimizer.state_dict(), resumed.critic_optimizer.state_dict()
+    sa, sb = straight.critic.optimizer.state_dict(), resumed.critic.optimizer.state_dict()
     assert sa["state"][0]["step"] == sb["state"][0]["step"] == 3
     torch.testing.assert_close(sa["state"][0]["exp_avg"], sb["state"][0]["exp_avg"], atol=0, rtol=0)
 
@@ -167,6 +169,6 @@ def test_a_resumed_ppo_run_continues_exactly_where_it_stopped(tmp_path, micro_mo
 def test_a_grpo_checkpoint_cannot_be_resumed_as_ppo(tmp_path, micro_model, tokenizer):
     grpo = GRPOTrainer(make_cfg(advantage="grpo"), micro_model, tokenizer, rows(), tmp_path / "g")
     ckpt = grpo.checkpoint()
-    ppo = PPOTrainer(make_cfg(critic={}), micro_model, tokenizer, rows(), tmp_path / "p")
+    ppo = GRPOTrainer(make_cfg(critic={}), micro_model, tokenizer, rows(), tmp_path / "p")
     with pytest.raises(ValueError, match="critic"):
         ppo.resume(ckpt)

@@ -10,6 +10,7 @@ import torch
 
 from r1lab.config import RunConfig
 from r1lab.rollout import SamplingParams, build_engine
+from r1lab.train.batch import Advantages, TokenBatch
 from r1lab.train.common import completion_logprobs, join_prompt_completion
 from r1lab.train.grpo import GRPOTrainer
 
@@ -68,12 +69,15 @@ def _update_result(tmp_path, model, tokenizer, micro: int, skip: bool, beta: flo
     model = copy.deepcopy(model)
     out, ids, attn, pos, L = _rollout(model, tokenizer)
     tr = _trainer(tmp_path, model, tokenizer, beta=beta)
-    tr.cfg.train.micro_batch_size = micro
-    tr._inert = skip if beta == 0 else None
+    tr.forward.micro_batch_size = micro
+    if beta == 0:
+        tr.updater.skip_inert = skip
     rewards = torch.tensor([0.0, 1, 0, 1, 2, 2, 2, 2, 0, 0, 0, 1, 5, 5, 5, 5])  # 2 flat groups
-    adv, _ = tr._advantages(rewards, out.completion_mask, ids, attn, pos, L)
-    ref = tr._ref_logprobs(ids, attn, pos, L) if beta else None
-    totals = tr._update(ids, attn, pos, L, out.completion_mask, out.logprobs, adv, ref)
+    mask = out.completion_mask
+    tokens = TokenBatch(ids, attn, pos, L, mask, mask, group_size=4)
+    adv = tr.algorithm.advantage(rewards=rewards, group_size=4, mask=mask)
+    ref = tr.forward.reference(tr.ref_model, tokens) if beta else None
+    totals = tr.update(tokens, Advantages(adv, rewards, ref_logp=ref), out.logprobs)
     return totals, {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
@@ -95,7 +99,8 @@ def test_no_rows_are_skipped_when_a_kl_term_is_in_the_loss(tmp_path, micro_model
 def test_reference_logprobs_under_inference_mode_can_enter_the_graph(tmp_path, micro_model, tokenizer):
     out, ids, attn, pos, L = _rollout(micro_model, tokenizer)
     tr = _trainer(tmp_path, micro_model, tokenizer, beta=0.1)
-    ref = tr._ref_logprobs(ids, attn, pos, L)
+    mask = out.completion_mask
+    ref = tr.forward.reference(tr.ref_model, TokenBatch(ids, attn, pos, L, mask, mask, group_size=4))
     with torch.no_grad():
         torch.testing.assert_close(ref * attn[:, L:], _naive_logprobs(tr.ref_model, ids, attn, pos, L),
                                    atol=1e-5, rtol=0)

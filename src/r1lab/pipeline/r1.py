@@ -108,7 +108,7 @@ def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) 
     heldout = load_prompt_rows(cfg)[1] if cfg.data.source.startswith("synthetic:") else []
 
     def grpo(scfg: RunConfig, folder: Path) -> dict[str, Any]:
-        return run_grpo(scfg, folder, console=console, resume="latest")
+        return run_grpo(scfg, folder, console=console, resume="auto")
 
     def sft(scfg: RunConfig, folder: Path) -> dict[str, Any]:
         # the SFT stages' data is a file; the pipeline's task has held-out problems

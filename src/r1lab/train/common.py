@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from r1lab.r1_format import parse_r1
+from r1lab.tensors import left_pad
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -35,8 +36,6 @@ def join_prompt_completion(
     prompt_ids: P lists; completion_ids/mask: [N, T] with N = P * n.
     Returns input_ids [N, L+T], attention_mask [N, L+T], position_ids [N, L+T], L.
     """
-    from r1lab.tensors import left_pad
-
     n = completion_ids.shape[0] // len(prompt_ids)
     ids, mask, _ = left_pad(prompt_ids, pad_id, completion_ids.device)  # [P, L]
     ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)  # [N, L]

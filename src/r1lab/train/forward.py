@@ -1,0 +1,87 @@
+"""Token log-probabilities of a step's completions under a model, micro-batch by micro-batch.
+
+Every forward pass of the step goes through here: the policy's (with gradient, in the update),
+the frozen reference's and PPO's critic's (values). Llama-family models take the packed forward
+(`r1lab.train.packed`: each prompt computed once per group, no padding in the matmuls); other
+models, or `train.packed: false`, take the padded Hugging Face forward, with micro-batches
+grouped by length so that each is cut to its own longest sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from r1lab.train.batch import TokenBatch
+from r1lab.train.common import completion_logprobs
+from r1lab.train.packed import PackedBatch, packed_logprobs, packed_support
+
+#: the cost of one more forward/backward call, in padded tokens (Python, kernel launches,
+#: smaller matmuls); splitting a micro-batch by length must save more padding than this
+CALL_COST_TOKENS = 96
+
+
+class Forward:
+    """`logprobs(model, tokens, rows)` and the micro-batches to call it on."""
+
+    def __init__(self, micro_batch_size: int, temperature: float, packed: bool = True) -> None:
+        self.micro_batch_size, self.temperature, self.packed = micro_batch_size, temperature, packed
+
+    def is_packed(self, model, width: int) -> bool:
+        """Whether `model`'s forward on sequences of up to `width` tokens is `packed_logprobs`."""
+        return self.packed and packed_support(model, width) is None
+
+    def micro_batches(self, model, tokens: TokenBatch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Packed: consecutive rows (a group's completions share one prompt computation).
+        Padded: rows grouped by length, each chunk cut to its own longest sequence."""
+        mb = self.micro_batch_size
+        if self.is_packed(model, tokens.width):
+            return [rows[i:i + mb] for i in range(0, len(rows), mb)]
+        return length_micro_batches(rows, tokens.lengths[rows], mb)
+
+    def logprobs(self, model, tokens: TokenBatch, idx: torch.Tensor) -> torch.Tensor:
+        """Token logprobs [len(idx), T] of completions `idx` (gradient as the caller's mode)."""
+        t = tokens
+        if self.is_packed(model, t.width):
+            pb = PackedBatch.from_padded(t.input_ids, t.attn, t.prompt_len, idx)
+            return packed_logprobs(model, pb, self.temperature)[0]
+        return completion_logprobs(model, t.input_ids[idx], t.attn[idx], t.pos[idx], t.prompt_len,
+                                   self.temperature)
+
+    @torch.no_grad()
+    def reference(self, model, tokens: TokenBatch) -> torch.Tensor:
+        """Logprobs [N, T] of every completion under the frozen `model` (the reference policy)."""
+        out = torch.zeros_like(tokens.mask, dtype=torch.float32)  # [N, T]
+        rows = torch.arange(len(tokens), device=tokens.input_ids.device)
+        with torch.inference_mode():
+            for idx in self.micro_batches(model, tokens, rows):
+                out[idx] = self.logprobs(model, tokens, idx)
+        return out  # made outside inference mode: autograd may save it for the KL's backward
+
+
+def length_micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """`rows` split into chunks of at most `size`, each padded only to its own longest sequence.
+
+    Rows are sorted by length and cut where it saves padded tokens: a dynamic programme over the
+    cut points minimises sum(rows x longest) + CALL_COST_TOKENS per chunk. With 64 completions of
+    which a third stop early this trims ~15% of the positions a single padded batch computes.
+
+    >>> [c.tolist() for c in length_micro_batches(torch.arange(6), torch.tensor([90, 5, 90, 4, 90, 6]), 8)]
+    [[3, 1, 5], [0, 2, 4]]
+    """
+    n = len(rows)
+    if n == 0:
+        return []
+    order = torch.argsort(lengths, stable=True)
+    rows, ls = rows[order], lengths[order].tolist()
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - size), j):  # chunk = sorted rows i..j-1, padded to ls[j-1]
+            cost = best[i] + (j - i) * ls[j - 1] + CALL_COST_TOKENS
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    chunks, j = [], n
+    while j > 0:
+        chunks.append(rows[cut[j]:j])
+        j = cut[j]
+    return chunks[::-1]

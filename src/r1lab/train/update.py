@@ -1,0 +1,149 @@
+"""Stage 4 of the GRPO step: the clipped policy loss (+ KL to the reference) and the optimiser.
+
+`num_iterations` passes over the rollouts; one optimiser step per mini-batch
+(`algorithm.mini_batch_size` completions of the global batch, default all), accumulated over
+micro-batches. With one optimiser step the policy has not moved since sampling, so the old
+logprobs are the current ones detached (ratio exactly 1, no extra forward); with more, the
+sampler's logprobs are the old policy's (taken once per batch, at sampling).
+
+Across processes each rank computes the loss of its own completions, normalised by the global
+batch's counts (`World.sum` of the token counts, over every rank and micro-batch), so the
+gradients summed over ranks are the one-process gradient exactly.
+
+Speed, all exact: micro-batches group completions of similar length (`Forward`); with no KL term
+in the loss, completions whose advantage is exactly 0 everywhere are left out of the
+forward/backward (their loss and gradient are 0), while the normalisers still count their tokens,
+so the loss and the update are unchanged (the clip/KL *metrics* then average over the
+completions that were computed).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from r1lab.algorithms import Algorithm
+from r1lab.config import RunConfig
+from r1lab.train.batch import Advantages, TokenBatch
+from r1lab.train.distributed import World
+from r1lab.train.forward import Forward
+
+
+def zero_advantage_is_inert(alg: Algorithm) -> bool:
+    """Whether the policy loss gives a token whose advantage is 0 exactly zero loss and zero
+    gradient (true of every `ratio x advantage` loss); probed once on a small tensor, so no
+    loss name is special-cased.
+
+    >>> from r1lab.algorithms import resolve_algorithm
+    >>> from r1lab.config import AlgorithmConfig
+    >>> zero_advantage_is_inert(resolve_algorithm(AlgorithmConfig()))
+    True
+    """
+    logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    per_token, _ = alg.loss(logp=logp, old_logp=torch.tensor([[-1.5, -1.0, -0.5]]),
+                            advantages=torch.zeros(1, 3), mask=torch.ones(1, 3))
+    per_token.sum().backward()
+    return bool((per_token == 0).all()) and bool((logp.grad == 0).all())
+
+
+class PolicyUpdate:
+    """`update(tokens, advantages, sampler_logp) -> metrics`: the optimiser step(s) of a step."""
+
+    def __init__(self, cfg: RunConfig, model, alg: Algorithm, forward: Forward,
+                 world: World | None = None) -> None:
+        self.cfg, self.model, self.alg, self.forward = cfg, model, alg, forward
+        self.world = world or World()
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay,
+                                           betas=(o.beta1, o.beta2))
+        warmup = o.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.kl_in_loss = alg.kl is not None and not cfg.algorithm.kl_in_reward
+        self.skip_inert = not self.kl_in_loss and zero_advantage_is_inert(alg)
+
+    def __call__(self, tokens: TokenBatch, adv: Advantages, sampler_logp: torch.Tensor) -> dict[str, float]:
+        cfg, alg = self.cfg.algorithm, self.alg
+        mask, advantages, ref_logp = tokens.train_mask, adv.advantages, adv.ref_logp  # [N, T]
+        lo, total = self._place(len(tokens))  # my completions are global rows lo .. lo+N-1
+        mini = cfg.mini_batch_size or total
+        starts = [j for _ in range(cfg.num_iterations) for j in range(0, total, mini)]  # one step each
+        summed: dict[str, float] = {}  # summed over ranks at the end
+        grad_norms, skipped, total_loss = [], 0, 0.0
+        self.model.train()
+        for j in starts:
+            a, b = max(j, lo) - lo, max(min(j + mini, total, lo + len(tokens)) - lo, max(j, lo) - lo)
+            num_tokens = self.world.sum(mask[a:b].sum()).clamp(min=1).to(mask.dtype)  # global
+            num_seqs = float(min(j + mini, total) - j)
+            rows = torch.arange(a, b, device=mask.device)
+            if self.skip_inert:
+                rows = rows[(advantages[a:b] * mask[a:b]).ne(0).any(-1)]
+                summed["skipped_rows"] = summed.get("skipped_rows", 0.0) + (b - a - len(rows))
+            self.optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for idx in self.forward.micro_batches(self.model, tokens, rows):
+                m = mask[idx]  # [n, T]
+                logp = self.forward.logprobs(self.model, tokens, idx)  # [n, T]
+                old = logp.detach() if len(starts) == 1 else sampler_logp[idx]
+                per_token, lm = alg.loss(logp=logp, old_logp=old, advantages=advantages[idx], mask=m)
+                if self.kl_in_loss:
+                    kl = alg.kl(logp=logp, ref_logp=ref_logp[idx], old_logp=old, mask=m)  # [n, T]
+                    per_token = per_token + cfg.beta * kl
+                    lm["kl"] = ((kl * m).sum() / m.sum().clamp(min=1)).detach()
+                loss = alg.aggregation(per_token=per_token, mask=m, num_tokens=num_tokens,
+                                       num_seqs=num_seqs, norm_len=self.cfg.rollout.max_new_tokens)
+                loss.backward()
+                share = m.sum().item() / max(1.0, num_tokens.item())
+                step_loss += loss.item()
+                for k, v in lm.items():
+                    summed[k] = summed.get(k, 0.0) + float(v) * share / len(starts)
+            self._reduce_gradients(computed=len(rows) > 0)  # every rank: the global gradient
+            step_loss = float(self.world.sum(step_loss))  # the global batch's loss
+            total_loss += step_loss / len(starts)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            grad_norms.append(grad_norm.item())
+            if not (math.isfinite(step_loss) and bool(torch.isfinite(grad_norm))):
+                self.optimizer.zero_grad(set_to_none=True)  # numerics guard: no step, counted
+                skipped += 1
+                continue
+            self.optimizer.step()
+        self.scheduler.step()
+        self.model.eval()
+        out = {k: float(v) for k, v in zip(summed, self.world.sum(torch.tensor(list(summed.values()),
+                                                                                dtype=torch.float64)))}
+        out["loss"] = total_loss
+        out["grad_norm"] = sum(grad_norms) / len(starts)
+        if skipped:
+            out["skipped_updates"] = skipped
+        return out
+
+    def _place(self, n_local: int) -> tuple[int, int]:
+        """(index of my first completion in the global batch, global batch size)."""
+        if self.world.size == 1:
+            return 0, n_local
+        counts = torch.zeros(self.world.size, dtype=torch.float64)
+        counts[self.world.rank] = n_local
+        counts = self.world.sum(counts).long().tolist()
+        return sum(counts[: self.world.rank]), sum(counts)
+
+    def _reduce_gradients(self, computed: bool) -> None:
+        """Sum the gradients over ranks (each rank's loss is already a share of the global one).
+        When no completion was computed (all inert) the optimiser still steps, on zeros; a rank
+        without completions contributes zeros."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not computed or self.world.size > 1:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        if self.world.size > 1 and not getattr(self.model, "r1lab_reduces_gradients", False):
+            for p in params:
+                torch.distributed.all_reduce(p.grad)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
