@@ -302,8 +302,49 @@ class EvalConfig(Section):
 
 
 class LogConfig(Section):
+    """Where metrics go (metrics.jsonl always; `report_to` trackers besides) and the run-health
+    alarms over them (`r1lab.health`): thresholds, and which alarms stop the run (`stop_on`)."""
+
     samples_per_step: int = Field(4, ge=0)
     progress: bool = True
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] = Field(
+        default_factory=list, description="trackers fed the same records as metrics.jsonl "
+        "(offline: TensorBoard event files, wandb offline mode, trackio local, mlflow file store)")
+    project: str = Field("r1lab", description="tracker project / experiment name")
+    run_name: str | None = Field(None, description="tracker run name; default: the run folder's name")
+    alarms: bool = Field(True, description="run the health checks over the metrics stream")
+    stop_on: list[str] = Field(
+        default_factory=list, description="alarms that stop the run cleanly (checkpoint, exit); "
+        "names from `r1lab.health.ALARMS`, or `all`")
+    alarm_window: int = Field(5, ge=1, description="steps averaged by the alarms' checks")
+    entropy_floor: float = Field(0.02, ge=0.0, description="entropy_collapse: nats/token below which "
+                                 "the policy has (nearly) stopped exploring")
+    entropy_drop: float = Field(0.05, ge=0.0, le=1.0, description="entropy_collapse: or below this "
+                                "fraction of the first window's entropy")
+    truncation_max: float = Field(0.2, ge=0.0, le=1.0, description="length_blowup: share of "
+                                  "completions cut at max_new_tokens")
+    format_saturation: float = Field(0.95, ge=0.0, le=1.0, description="format_only: mean format "
+                                     "reward (in [0, 1]) counted as saturated")
+    accuracy_min_gain: float = Field(0.05, ge=0.0, description="format_only: accuracy gain below "
+                                     "which accuracy is flat")
+    heldout_drop: float = Field(0.05, ge=0.0, description="reward_hacking: fall of eval/pass1 from "
+                                "its best while the training reward rose")
+    reward_error_max: float = Field(0.03, ge=0.0, le=1.0, description="reward_errors: share of "
+                                    "completions whose reward erred, timed out or found no program/test")
+    zero_signal_max: float = Field(0.9, ge=0.0, le=1.0, description="zero_signal: share of groups "
+                                   "whose rewards are all equal (no gradient)")
+    mismatch_kl_max: float = Field(0.01, ge=0.0, description="rollout_mismatch: KL between the "
+                                   "rollout engine's and the trainer's log-probs")
+
+    @model_validator(mode="after")
+    def _alarm_names(self) -> LogConfig:
+        from r1lab.health import ALARMS
+
+        unknown = [n for n in self.stop_on if n != "all" and n not in ALARMS]
+        if unknown:
+            raise ValueError(f"stop_on: unknown alarm {', '.join(unknown)}; valid: all, "
+                             f"{', '.join(ALARMS.names())}")
+        return self
 
 
 class RunConfig(Section):

@@ -22,6 +22,7 @@ from r1lab.data.loading import DataError, load_rows
 from r1lab.data.templates import TEMPLATES
 from r1lab.models import load_policy
 from r1lab.registry import UnknownComponentError
+from r1lab.tracking import RunLogger
 from r1lab.train.common import seed_everything
 from r1lab.train.sft import encode_pairs, train_sft
 
@@ -43,7 +44,7 @@ def run_sft(cfg: RunConfig, out_dir: str | Path, console: Console | None = None,
     rows = load_rows(d.source, required=(d.prompt_field, s.completion_field))  # DataError: file:line
     out = Path(out_dir)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    model, tokenizer = load_policy(cfg.model, seed=cfg.train.seed)
+    model, tokenizer = load_policy(cfg, seed=cfg.train.seed)
     if tokenizer.eos_token_id is None:
         raise ConfigError("model.path: the tokenizer has no eos token, so the model could not "
                           "learn where a completion ends")
@@ -58,20 +59,23 @@ def run_sft(cfg: RunConfig, out_dir: str | Path, console: Console | None = None,
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
-    losses = train_sft(model, tokenizer, pairs, steps=s.steps, batch_size=s.batch_size, lr=s.lr,
-                       weight_decay=s.weight_decay, warmup_steps=s.warmup_steps,
-                       grad_clip=s.grad_clip, seed=cfg.train.seed, log_path=out / "metrics.jsonl",
-                       progress=cfg.log.progress)
+    with RunLogger(cfg, out, console=console) as logger:  # metrics.jsonl, trackers, alarms
+        losses = train_sft(model, tokenizer, pairs, steps=s.steps, batch_size=s.batch_size,
+                           lr=s.lr, weight_decay=s.weight_decay, warmup_steps=s.warmup_steps,
+                           grad_clip=s.grad_clip, seed=cfg.train.seed, logger=logger,
+                           progress=cfg.log.progress)
     final = out / "final"
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
-    result = {"rows": len(rows), "steps": s.steps, "first_loss": losses[0], "last_loss": losses[-1],
+    result = {"rows": len(rows), "steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1],
               "final": str(final), "train_seconds": time.perf_counter() - t0}
     if heldout:
         from r1lab.pipeline.run import heldout_eval
 
         result["eval"] = heldout_eval(cfg, model, tokenizer, heldout, out)
     (out / "result.json").write_text(json.dumps(result, indent=2))
-    console.print(f"SFT finished: {len(rows)} rows, {s.steps} steps, loss {losses[0]:.3f} -> "
+    if logger.stop_reason:
+        result["stop_reason"] = logger.stop_reason
+    console.print(f"SFT finished: {len(rows)} rows, {len(losses)} steps, loss {losses[0]:.3f} -> "
                   f"{losses[-1]:.3f}; checkpoint {final}", highlight=False)
     return result

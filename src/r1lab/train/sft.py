@@ -57,12 +57,17 @@ def train_sft(
     progress: bool = True,
     description: str = "sft",
     packed: bool = True,
+    logger=None,
 ) -> list[float]:
     """Train `model` in place for `steps` optimiser steps; returns the loss of each step.
 
     `packed`: Llama-family models run `r1lab.train.packed` (no padding in the matmuls; a batch
     mixing short and long examples costs what its tokens cost); others, or False, the padded
-    Hugging Face forward. Both give the same loss."""
+    Hugging Face forward. Both give the same loss.
+
+    `logger` (a `r1lab.tracking.RunLogger`) gets each step's record instead of `log_path`
+    (metrics.jsonl, trackers, health checks); when it sets `stop_reason` (an alarm of
+    `log.stop_on`), training stops after that step."""
     from r1lab.train.progress import StepProgress
 
     encoded = encode_pairs(tokenizer, pairs)
@@ -93,9 +98,13 @@ def train_sft(
             losses.append(loss.item())
             record = {"step": step + 1, "loss": losses[-1], "grad_norm": grad_norm.item(),
                       "lr": sched.get_last_lr()[0], "step_s": time.perf_counter() - t0}
-            if log:
+            if logger is not None:
+                logger.log_metrics(record)
+            elif log:
                 log.write(record)
             bar.update(loss=f"{losses[-1]:.3f}")
+            if logger is not None and logger.stop_reason:
+                break
     if log:
         log.close()
     model.eval()
