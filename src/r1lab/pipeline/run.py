@@ -50,7 +50,8 @@ def heldout_eval(cfg: RunConfig, model, tokenizer, heldout: list[dict[str, Any]]
 def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None,
              resume: str | None = None) -> dict[str, Any]:
     """Train, save `final/`, evaluate on the held-out split. `resume` is `latest` (the newest
-    valid checkpoint of `out_dir`, or a fresh start when it has none) or a checkpoint / run path.
+    valid checkpoint of `out_dir`, or a fresh start, with a warning, when it has none), `auto`
+    (the same, without the warning) or a checkpoint / run path.
 
     The config's names, every data row and the tokenizer are checked before the run folder is
     written or a step is taken. A SIGINT / SIGTERM ends the run after a checkpoint, with
@@ -62,7 +63,8 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     train_rows, heldout = load_prompt_rows(cfg)  # DataError names file:line
     check_reward_rows(train_rows, cfg)  # e.g. the code reward's tests key
     warn = lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False)  # noqa: E731
-    start = resolve_resume(resume, out, warn) if resume else None
+    # `auto` (the pipeline's RL stages): the newest checkpoint if any, else a fresh start, silently
+    start = resolve_resume("latest" if resume == "auto" else resume, out, warn) if resume else None
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     model, tokenizer = load_policy(cfg.model, seed=cfg.train.seed)
     check_tokenizer(tokenizer, model, cfg)
@@ -70,7 +72,7 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
-    trainer = build_trainer(cfg, model, tokenizer, train_rows, out)
+    trainer = build_trainer(cfg, model, tokenizer, train_rows, out, eval_rows=heldout)
     if start is not None:
         changed = trainer.resume(start)
         console.print(f"resuming from {start} at step {trainer.step_count} of {cfg.train.steps}")
@@ -79,7 +81,7 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
         if trainer.step_count >= cfg.train.steps:
             warn(f"the run is already at step {trainer.step_count} (train.steps={cfg.train.steps}):"
                  " no step to take; raise train.steps to train further")
-    elif resume:
+    elif resume and resume != "auto":
         warn(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
     trainer.fit()
     if trainer.stop_signal:
