@@ -316,3 +316,10 @@ def test_normalize_then_sum_refuses_scale_rewards() -> None:
                                           r"'normalize_then_sum' does not take this option"):
         RunConfig.model_validate({"algorithm": {"advantage": "normalize_then_sum",
                                                 "scale_rewards": "batch"}})
+
+
+def test_normalize_then_sum_without_components_says_so() -> None:
+    adv = resolve_algorithm(AlgorithmConfig(advantage="normalize_then_sum")).advantage
+    with pytest.raises(ValueError, match="needs component_rewards"):
+        adv(rewards=torch.ones(2), component_rewards=None, component_weights=None, group_size=2,
+            mask=torch.ones(2, 1), values=None)

@@ -151,6 +151,9 @@ def normalize_then_sum(
             [ 0.5476],
             [-0.5476]])
     """
+    if component_rewards is None or component_weights is None:
+        raise ValueError("normalize_then_sum needs component_rewards [N, C] (each reward "
+                         "component, unweighted) and component_weights [C]")
     comp = component_rewards.float() if not component_rewards.is_floating_point() else component_rewards
     weights = component_weights.to(comp)
     if comp.dim() != 2 or weights.shape != comp.shape[1:]:
