@@ -127,12 +127,26 @@ def test_weight_gradient_by_onednn_by_hand():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
-def test_weight_gradient_choice_is_timed_once_and_can_be_forced():
-    code = "import r1lab.onednn as o; a = o.weight_grad_by_onednn(); print(a, o.weight_grad_by_onednn() is a)"
+def test_weight_gradient_choice_is_the_cpu_rule_once_and_can_be_forced():
+    """Without a config the path is `weight_grad_rule` for this CPU (no timing: the same answer
+    whatever the load); the environment override forces it; oneDNN off means MKL."""
+    code = ("import r1lab.onednn as o; a = o.weight_grad_by_onednn(); "
+            "print(a, o.weight_grad_by_onednn() is a, o.weight_grad_rule(o.cpuinfo_text())[0])")
     env = {k: v for k, v in os.environ.items() if k not in ("R1LAB_ONEDNN", "R1LAB_ONEDNN_WGRAD")}
     run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True,  # noqa: E731
                                    text=True, check=True).stdout.split()
-    assert run(env | {"R1LAB_ONEDNN_WGRAD": "1"}) == ["True", "True"]
-    assert run(env | {"R1LAB_ONEDNN_WGRAD": "0"}) == ["False", "True"]
-    assert run(env | {"R1LAB_ONEDNN_WGRAD": "1", "R1LAB_ONEDNN": "0"}) == ["False", "True"]
-    assert run(env)[0] in ("True", "False") and run(env)[1] == "True"  # timed: either, once
+    assert run(env | {"R1LAB_ONEDNN_WGRAD": "1"})[:2] == ["True", "True"]
+    assert run(env | {"R1LAB_ONEDNN_WGRAD": "0"})[:2] == ["False", "True"]
+    assert run(env | {"R1LAB_ONEDNN_WGRAD": "1", "R1LAB_ONEDNN": "0"})[:2] == ["False", "True"]
+    chosen, once, rule = run(env)
+    assert once == "True" and chosen == str(rule == "onednn")
+
+
+def test_the_tuner_checks_and_times_both_paths():
+    path, times = onednn.tune_weight_grad(reps=1)
+    if not onednn.onednn_usable():
+        assert (path, times) == ("mkl", {})
+        return
+    assert path in ("mkl", "onednn") and set(times) == {"mkl_ms", "onednn_ms"}
+    assert all(v > 0 for v in times.values())
+    assert path == ("onednn" if times["onednn_ms"] < 0.9 * times["mkl_ms"] else "mkl")

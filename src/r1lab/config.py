@@ -224,6 +224,28 @@ class TrainConfig(Section):
                                   "a rank before the run fails")
 
 
+class BackendConfig(Section):
+    """Which implementation runs the model arithmetic (`r1lab.models.backend`), chosen once when
+    the model loads and written back here as concrete values (so a run's config.yaml says what
+    ran): `auto` resolves by fixed rules, never by timing. Environment overrides (`R1LAB_KERNELS`,
+    `R1LAB_ONEDNN`, `R1LAB_ONEDNN_WGRAD`, `R1LAB_MALLOC_TUNING`) win over these and are recorded
+    in `chosen_by`."""
+
+    kernels: Literal["auto", "on", "off"] = Field(
+        "auto", description="the C kernels (CPU float32 attention, RMSNorm, SwiGLU): auto = where "
+        "they build and pass their probe; on = required")
+    onednn: Literal["auto", "on", "off"] = Field(
+        "auto", description="oneDNN linears on CPU float32: auto = where the probe passes; on = required")
+    onednn_wgrad: Literal["auto", "mkl", "onednn", "tune"] = Field(
+        "auto", description="training linears' weight gradient: auto = a fixed rule by CPU "
+        "(oneDNN on AMD Zen 5+, else MKL); tune = time both once (recorded; not with "
+        "train.deterministic)")
+    malloc_tuning: Literal["auto", "on", "off"] = Field(
+        "auto", description="keep freed memory in the process (glibc): auto = on for CPU models")
+    chosen_by: dict[str, str] = Field(
+        default_factory=dict, description="written by the run: how each value above was chosen")
+
+
 class PretrainConfig(Section):
     """Next-token pre-training of the tiny base on a synthetic corpus (the demo's phase 1)."""
 
@@ -356,6 +378,7 @@ class RunConfig(Section):
     critic: CriticConfig | None = Field(None, description="set to train PPO with a value model")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     reject: RejectConfig = Field(default_factory=RejectConfig)

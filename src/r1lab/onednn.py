@@ -12,7 +12,9 @@ SwiGLU's gate), so those cost no extra pass over memory.
 The primitive is the one torch's own compiler (inductor) uses for CPU linears:
 `torch.ops.mkldnn._linear_pointwise` over a weight from `torch.ops.mkldnn._reorder_linear_weight`.
 It is a private op, so everything here checks that it exists and agrees with `F.linear` on a
-probe (once per process) and otherwise falls back to `F.linear`; `R1LAB_ONEDNN=0` turns it off.
+probe (once per process) and otherwise falls back to `F.linear`. The run's `backend.onednn`
+config turns it on or off (`set_enabled`, from `r1lab.models.backend.resolve`); the environment
+override `R1LAB_ONEDNN=0` turns it off too.
 `Linear` (no autograd) is for inference: the sampler packs each weight once per `generate` call
 and uses it for every decoding step. `linear` (autograd) is for training forwards, whose weights
 change every step: oneDNN on the plain weight for the forward and the input gradient.
@@ -108,17 +110,78 @@ class Linear:
         return F.linear(x, self.weight, self.bias) * other
 
 
+def set_enabled(enabled: bool) -> bool:
+    """Turn oneDNN linears off (every linear is `F.linear`) or on (probed if not yet).
+    Returns `onednn_usable()`. Called by `r1lab.models.backend.resolve`."""
+    global _usable, _wgrad
+    _usable = _probe() if enabled else False
+    if not _usable:
+        _wgrad = False
+    return _usable
+
+
+def set_weight_grad(path: str) -> bool:
+    """Route training linears' weight gradients through "onednn" or "mkl" (when oneDNN is
+    usable; else MKL). Returns whether oneDNN takes them."""
+    global _wgrad
+    if path not in ("onednn", "mkl"):
+        raise ValueError(f"weight-gradient path {path!r}: expected 'onednn' or 'mkl'")
+    _wgrad = path == "onednn" and onednn_usable()
+    return _wgrad
+
+
+def weight_grad_rule(cpuinfo: str) -> tuple[str, str]:
+    """The default weight-gradient path for a CPU, from /proc/cpuinfo's text: ("onednn" | "mkl",
+    why). A fixed rule, not a timing, so the machine's load cannot change the numerics.
+
+    MKL runs its AVX-512 code on Intel CPUs but only its AVX2 path on AMD ones; oneDNN runs
+    AVX-512 on both. On AMD Zen 5 (CPU family 26, AVX-512 at full width) oneDNN's
+    backward-weights primitive was 1.5x MKL there (~300 vs ~200 GFLOP/s with its layout
+    conversions, 2 cores; packed fwd+bwd 305 -> 257 ms); on the earlier AMD machines (Zen 4 and
+    older, AVX-512 double-pumped or absent) and on Intel, MKL was as fast or faster.
+
+    >>> weight_grad_rule("vendor_id : AuthenticAMD\ncpu family : 26\nflags : fpu avx2 avx512f")
+    ('onednn', 'AuthenticAMD family 26 with avx512f: MKL would take its AVX2 path')
+    >>> weight_grad_rule("vendor_id : GenuineIntel\ncpu family : 6\nflags : avx2 avx512f")[0]
+    'mkl'
+    """
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    vendor, flags = fields.get("vendor_id", "?"), fields.get("flags", "").split()
+    try:
+        family = int(fields.get("cpu family", "0"))
+    except ValueError:
+        family = 0
+    if vendor == "AuthenticAMD" and family >= 26 and "avx512f" in flags:
+        return "onednn", f"{vendor} family {family} with avx512f: MKL would take its AVX2 path"
+    return "mkl", f"{vendor} family {family}: MKL runs its best path here"
+
+
+def cpuinfo_text() -> str:
+    """/proc/cpuinfo's text ('' where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def weight_grad_by_onednn() -> bool:
     """Whether a training linear's weight gradient (g^T x) goes through oneDNN's
-    backward-weights primitive rather than MKL's sgemm: decided once per process by timing both
-    on a training-sized shape (~50 ms), because the faster one depends on the CPU. On the 2-core
-    AMD Zen 5 benchmark machine MKL takes an AVX2 path (~200 GFLOP/s) and oneDNN runs AVX-512
-    (~300 GFLOP/s incl. its layout conversions, 1.5x); on the previous (round 3) machine MKL
-    was the faster. `R1LAB_ONEDNN_WGRAD=1` / `=0` forces oneDNN / MKL."""
+    backward-weights primitive rather than MKL's sgemm. Set by `set_weight_grad` (the run's
+    `backend.onednn_wgrad`, see `r1lab.models.backend`); until then `weight_grad_rule` for
+    this CPU, or the override `R1LAB_ONEDNN_WGRAD=1` / `=0` (oneDNN / MKL). Never timed
+    implicitly: `tune_weight_grad` is the explicit autotuner."""
     global _wgrad
     if _wgrad is None:
         forced = os.environ.get("R1LAB_ONEDNN_WGRAD")
-        _wgrad = onednn_usable() and (forced == "1" if forced in ("0", "1") else _wgrad_faster())
+        path = {"1": "onednn", "0": "mkl"}.get(forced or "", forced)
+        if path not in ("onednn", "mkl"):
+            path = weight_grad_rule(cpuinfo_text())[0]
+        _wgrad = path == "onednn" and onednn_usable()
     return _wgrad
 
 
@@ -128,9 +191,16 @@ def _weight_grad(g: Tensor, x: Tensor, w: Tensor, bias: bool) -> tuple[Tensor, T
     return gw, (gb if bias else None)
 
 
-def _wgrad_faster() -> bool:
+def tune_weight_grad(reps: int = 4) -> tuple[str, dict[str, float]]:
+    """The explicit autotuner (`backend.onednn_wgrad: tune`): time MKL's g^T x against oneDNN's
+    backward-weights primitive on a training-sized shape ([2048, 1024]^T x [2048, 256]),
+    interleaved, best of `reps` each (~50 ms), after checking oneDNN's result. Returns
+    ("onednn" | "mkl", {"mkl_ms": .., "onednn_ms": ..}); oneDNN only when 10% faster. The
+    choice depends on the machine's load at that moment: the caller records it."""
     import time
 
+    if not onednn_usable():
+        return "mkl", {}
     try:
         gen = torch.Generator().manual_seed(0)
         g, x, w = (torch.randn(s, generator=gen) for s in ((2048, 1024), (2048, 256), (1024, 256)))
@@ -138,16 +208,17 @@ def _wgrad_faster() -> bool:
         got, gb = _weight_grad(g, x, w, True)
         if not (torch.allclose(got, want, rtol=1e-4, atol=1e-3)
                 and torch.allclose(gb, g.sum(0), rtol=1e-4, atol=1e-3)):
-            return False
+            return "mkl", {}
         best = {"mkl": float("inf"), "onednn": float("inf")}
-        for _ in range(4):  # interleaved, best of 4 each: load changes hit both
+        for _ in range(reps):  # interleaved: load changes hit both
             for name, fn in (("mkl", lambda: g.t() @ x), ("onednn", lambda: _weight_grad(g, x, w, False))):
                 t = time.perf_counter()
                 fn()
                 best[name] = min(best[name], time.perf_counter() - t)
-        return best["onednn"] < 0.9 * best["mkl"]
     except (RuntimeError, AttributeError, NotImplementedError):
-        return False
+        return "mkl", {}
+    times = {f"{k}_ms": round(v * 1e3, 3) for k, v in best.items()}
+    return ("onednn" if best["onednn"] < 0.9 * best["mkl"] else "mkl"), times
 
 
 def _eligible(x: Tensor, weight: Tensor) -> bool:

@@ -10,7 +10,9 @@ forward+backward made 3x fewer page faults. The cost is that the process's resid
 at its peak instead of shrinking between steps. This is what Intel's PyTorch CPU tuning guide
 gets by preloading jemalloc/tcmalloc; here it is three `mallopt` calls, made once.
 
-Set `R1LAB_MALLOC_TUNING=0` to leave the allocator alone.
+The run's `backend.malloc_tuning` config decides it (`set_enabled`, from
+`r1lab.models.backend.resolve`); `R1LAB_MALLOC_TUNING=0` is the environment override that leaves
+the allocator alone. Once made, the setting cannot be taken back within the process.
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ import sys
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _tuned: bool | None = None
+_allowed = True
+
+
+def set_enabled(enabled: bool) -> bool:
+    """`backend.malloc_tuning`: on tunes the allocator now, off keeps `tune_cpu_allocator` from
+    doing it later in this process. Returns whether it is tuned (True after an earlier tuning
+    even when `enabled` is False: it cannot be undone)."""
+    global _allowed
+    _allowed = enabled
+    return tune_cpu_allocator() if enabled else bool(_tuned)
 
 
 def tune_cpu_allocator() -> bool:
@@ -28,6 +40,8 @@ def tune_cpu_allocator() -> bool:
     global _tuned
     if _tuned is not None:
         return _tuned
+    if not _allowed:
+        return False
     _tuned = False
     if not sys.platform.startswith("linux") or os.environ.get("R1LAB_MALLOC_TUNING", "1") == "0":
         return False

@@ -10,8 +10,10 @@ loaded with ctypes. It shares torch's OpenMP runtime (the same `libgomp.so.1`), 
 are torch's threads.
 
 Everything is optional: with no compiler, a failed build, a result that disagrees with the
-torch expression on a probe (checked once per process), or `R1LAB_KERNELS=0`, `available()` is
-False and callers use their torch path. The reason is logged once (`why_unavailable()`).
+torch expression on a probe (checked once per process), `backend.kernels: off` in the run's
+config (`set_enabled`, from `r1lab.models.backend.resolve`) or the override `R1LAB_KERNELS=0`,
+`available()` is False and callers use their torch path. The reason is logged once
+(`why_unavailable()`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,27 @@ LIBS = ["-lmvec", "-lm"]  # glibc's vector math (expf on 16 floats), then libm
 _lib: ctypes.CDLL | None = None
 _why: str | None = None
 _loaded = False
+#: reduce the RMSNorm weight gradient in a fixed order (`set_deterministic`)
+_deterministic = False
+
+
+def set_enabled(enabled: bool) -> bool:
+    """Turn the kernels off (callers take their torch paths) or back on (built, loaded and
+    probed if not yet). Returns `available()`. Called by `r1lab.models.backend.resolve`."""
+    global _lib, _why, _loaded
+    if not enabled:
+        _lib, _why, _loaded = None, "backend.kernels: off", True
+    elif _lib is None:  # never loaded, or turned off: load (the env override still applies)
+        _loaded = False
+    return available()
+
+
+def set_deterministic(flag: bool) -> None:
+    """With `flag`, the RMSNorm weight gradient is summed over rows by torch (a fixed order)
+    instead of per-thread partial sums added in whatever order the threads finish (which
+    changes the last bits from run to run with more than 2 threads)."""
+    global _deterministic
+    _deterministic = flag
 
 
 def available() -> bool:
@@ -287,10 +310,13 @@ class _RMSNorm(torch.autograd.Function):
         d = x.shape[-1]
         dy = dy.contiguous()
         dx = torch.empty_like(x)
-        dw = torch.empty_like(weight) if weight is not None and ctx.needs_input_grad[1] else None
+        want_dw = weight is not None and ctx.needs_input_grad[1]
+        dw = torch.empty_like(weight) if want_dw and not _deterministic else None
         _lib.r1_rms_norm_bwd(x.data_ptr(), None if weight is None else weight.data_ptr(),
                              rstd.data_ptr(), dy.data_ptr(), dx.data_ptr(),
                              None if dw is None else dw.data_ptr(), x.numel() // d, d)
+        if want_dw and dw is None:  # deterministic: torch's reduction over rows, fixed order
+            dw = (dy.view(-1, d) * x.view(-1, d) * rstd[:, None]).sum(0).view_as(weight)
         return dx, dw, None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from r1lab.config import ModelConfig
+from r1lab.config import ModelConfig, RunConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: a model directory needs one of these to have a tokenizer (else transformers builds a 1-token one)
@@ -57,11 +57,20 @@ def autocast(cfg: ModelConfig, device: torch.device | str):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def load_policy(cfg: ModelConfig, seed: int = 0):
+def load_policy(cfg: ModelConfig | RunConfig, seed: int = 0):
     """(model, tokenizer): from `cfg.path` (a local HF directory) or built tiny from scratch,
-    weights in `weight_dtype(cfg)`, with a fresh LoRA adapter when `cfg.lora` is set."""
+    weights in `weight_dtype(cfg)`, with a fresh LoRA adapter when `cfg.lora` is set.
+
+    Given the whole `RunConfig`, the ops backend is chosen first (`r1lab.models.backend.resolve`:
+    applied process-wide, written back into `cfg.backend`); given only its `model` section, the
+    backend stays as it is (each part's fixed default rule)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if isinstance(cfg, RunConfig):
+        from r1lab.models.backend import resolve
+
+        resolve(cfg)
+        cfg = cfg.model
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)

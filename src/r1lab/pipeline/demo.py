@@ -76,7 +76,7 @@ def run_demo(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Consol
 
     console.rule("[bold]1/4 pre-training a weak base model")
     t = time.perf_counter()
-    model, tokenizer = load_policy(cfg.model, seed=seed)
+    model, tokenizer = load_policy(cfg, seed=seed)
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"tiny Llama: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}; "
                   f"corpus: {cfg.pretrain.corpus_size} problems, {cfg.pretrain.think_fraction:.0%} with worked <think> solutions")

@@ -27,7 +27,7 @@ def run_eval(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     template = TEMPLATES.get(cfg.data.template)
     train, heldout = load_prompt_rows(cfg)
     rows = (heldout or train)[: cfg.eval.num_problems]
-    model, tokenizer = load_policy(cfg.model, seed=cfg.train.seed)
+    model, tokenizer = load_policy(cfg, seed=cfg.train.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

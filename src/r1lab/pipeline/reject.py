@@ -44,7 +44,7 @@ def run_sample(cfg: RunConfig, out_dir: str | Path, console: Console | None = No
         raise ConfigError(f"reject.min_scores: {', '.join(unknown)} is not a reward of this run "
                           f"(rewards.components: {', '.join(rewards.labels)})")
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    model, tokenizer = load_policy(cfg.model, seed=cfg.train.seed)
+    model, tokenizer = load_policy(cfg, seed=cfg.train.seed)
     check_tokenizer(tokenizer, model, cfg)
     check_context(rows, tokenizer, model, cfg)
     engine = build_engine(ro.engine, model, tokenizer)

@@ -66,7 +66,7 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     # `auto` (the pipeline's RL stages): the newest checkpoint if any, else a fresh start, silently
     start = resolve_resume("latest" if resume == "auto" else resume, out, warn) if resume else None
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    model, tokenizer = load_policy(cfg.model, seed=cfg.train.seed)
+    model, tokenizer = load_policy(cfg, seed=cfg.train.seed)
     check_tokenizer(tokenizer, model, cfg)
     check_context(train_rows, tokenizer, model, cfg)  # prompt + max_new_tokens fit the model
     out.mkdir(parents=True, exist_ok=True)
