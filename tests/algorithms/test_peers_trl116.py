@@ -323,3 +323,33 @@ def test_normalize_then_sum_without_components_says_so() -> None:
     with pytest.raises(ValueError, match="needs component_rewards"):
         adv(rewards=torch.ones(2), component_rewards=None, component_weights=None, group_size=2,
             mask=torch.ones(2, 1), values=None)
+
+
+def verl_actor_loss(b, log_prob, kl_coef, clip_ratio=0.2, clip_ratio_c=3.0):
+    """verl dp_actor: vanilla dual-clip pg loss + kl_coef * low_var_kl, both token-mean."""
+    mask = b["mask"].float()
+    scores, index = b["rewards"].clone(), [0] * G + [1] * G
+    for idx in set(index):
+        rows = [i for i in range(len(index)) if index[i] == idx]
+        scores[rows] = (scores[rows] - scores[rows].mean()) / (scores[rows].std() + 1e-6)
+    adv = scores.unsqueeze(-1) * mask
+
+    def masked_mean(x):
+        return (x * mask).sum() / (mask.sum() + 1e-8)
+
+    ratio = torch.exp(torch.clamp(log_prob - b["old"], min=-20.0, max=20.0))
+    pg1, pg2 = -adv * ratio, -adv * torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio)
+    clip1 = torch.maximum(pg1, pg2)
+    pg = torch.where(adv < 0, torch.min(-adv * clip_ratio_c, clip1), clip1)
+    kl = torch.clamp(b["ref"] - log_prob, min=-20, max=20)
+    low_var_kl = torch.clamp(torch.exp(kl) - kl - 1, min=-10, max=10)
+    return masked_mean(pg) + kl_coef * masked_mean(low_var_kl)
+
+
+def test_verl_preset_at_beta_above_zero() -> None:
+    """configs/verl_grpo.yaml + beta = verl's GRPO examples (use_kl_loss, low_var_kl, 0.001)."""
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "verl_grpo.yaml",
+                      ["algorithm.beta=0.5"]).algorithm  # a large beta: the KL term shows
+    b = fixed_batch()
+    assert_same_loss_and_grad(lambda lp: verl_actor_loss(b, lp, 0.5),
+                              lambda lp: ours(cfg, b, lp, beta=0.5)[0], b)
