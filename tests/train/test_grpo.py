@@ -85,3 +85,23 @@ class _LengthReward:
 
         total = [len(t) / 10 for t in texts]
         return RewardBatch(total=total, components={"length": total}, metrics={}, errors=0)
+
+
+def test_eval_every_logs_heldout_pass1_on_those_steps(tmp_path: Path, micro_model, tokenizer):
+    from r1lab.evaluation import evaluate, paper_protocols
+
+    heldout = [p.row() for p in generate("addition", 6, seed=0, split="heldout")]
+    cfg = _cfg(train={"steps": 4}, eval={"every": 2, "num_problems": 5, "k": 2,
+                                         "temperatures": [0.6], "greedy": True})
+    trainer = GRPOTrainer(cfg, micro_model, tokenizer, _rows(), tmp_path, eval_rows=heldout)
+    trainer.fit()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if "eval/pass1" in m] == [2, 4]
+    # the logged number is the paper's protocol (first sampled one: T=0.6, top-p 0.95, k=2) on
+    # the first eval.num_problems held-out rows, as `evaluate` computes it on these weights
+    proto = paper_protocols(cfg.eval)[1]
+    assert (proto.temperature, proto.top_p, proto.k) == (0.6, 0.95, 2)
+    want = evaluate(micro_model, tokenizer, heldout[:5], lambda r: trainer.template(r["question"], tokenizer),
+                    [proto], max_new_tokens=12, seed=0)[proto.name]
+    assert lines[-1]["eval/pass1"] == want["pass1"] and lines[-1]["eval/mean_len"] == want["mean_len"]
+    assert want["mean_len"] > 0 and len(want["samples"]) == 5
