@@ -92,6 +92,16 @@ class DataConfig(Section):
     template: str = "auto"  # chat with a chat template, tiny for the demo tokenizer, else r1_zero
     prompt_field: str = "question"
     answer_field: str = "answer"
+    format: Literal["auto", "fields", "gsm8k", "math", "aime", "gpqa", "humaneval", "mbpp", "stdio",
+                    "messages"] = Field(
+        "auto", description="how file rows become prompt/answer/tests (r1lab.data.formats); auto = "
+        "detected from the columns, logged")
+    eval_source: str | None = Field(
+        None, description="held-out rows for eval.every and the final evaluation of file data "
+        "(a file, or a datasets dir with @split)")
+    eval_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="without eval_source: this share of the file's rows "
+        "(seeded by data.seed) is held out instead of trained on")
     train_size: int = Field(4000, gt=0)
     heldout_size: int = Field(200, gt=0)
     min_digits: int = Field(2, gt=0)

@@ -59,5 +59,6 @@ def encode_prompts(rows, tokenizer: Any, template: str, field: str) -> list[list
     """Token ids of each row's prompt: `rows[i][field]` through the template `template`.
     A chat template already holds its special tokens; the others get the tokenizer's (BOS)."""
     fn = TEMPLATES.get(template)
-    texts = [fn(r[field], tokenizer) for r in rows]
+    # canonical rows (r1lab.data.formats) carry the prompt text as `prompt`
+    texts = [fn(r["prompt"] if "prompt" in r else r[field], tokenizer) for r in rows]
     return tokenizer(texts, add_special_tokens=template != "chat")["input_ids"]
