@@ -11,8 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from r1lab.config import RunConfig, save_config
-from r1lab.data.loading import load_rows
-from r1lab.data.tasks import generate
+from r1lab.data.prompts import load_prompt_rows  # noqa: F401  (re-exported: pipeline.run.load_prompt_rows)
 from r1lab.data.templates import TEMPLATES
 from r1lab.data.validate import check_config, check_context, check_reward_rows, check_tokenizer
 from r1lab.evaluation import evaluate, paper_protocols
@@ -20,20 +19,6 @@ from r1lab.models import load_policy
 from r1lab.train.checkpoint import resolve_resume
 from r1lab.train.common import seed_everything
 from r1lab.train.grpo import build_trainer  # GRPO, or PPO when the config has a critic
-
-
-def load_prompt_rows(cfg: RunConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train rows, held-out rows). Synthetic sources give a disjoint held-out split; a file
-    source gives its rows for training and no held-out set (evaluate with `r1lab eval`)."""
-    d = cfg.data
-    if d.source.startswith("synthetic:"):
-        task = d.source.split(":", 1)[1]
-        kw = {"seed": d.seed, "min_digits": d.min_digits, "max_digits": d.max_digits}
-        train = [p.row() for p in generate(task, d.train_size, split="train", **kw)]
-        heldout = [p.row() for p in generate(task, d.heldout_size, split="heldout", **kw)]
-        return train, heldout
-    rows = load_rows(d.source, required=(d.prompt_field, d.answer_field))
-    return rows, []
 
 
 def heldout_eval(cfg: RunConfig, model, tokenizer, heldout: list[dict[str, Any]], out: Path) -> dict[str, float]:
