@@ -209,7 +209,7 @@ def generate_speed(base, tokenizer, reps: int) -> dict:
 # ---------------------------------------------------------------------------- profile
 def profile_step(base, tokenizer, beta: float, steps: int) -> None:
     """Wall time of each phase of r1lab GRPO steps (after one warm-up step)."""
-    import r1lab.train.grpo as grpo
+    import r1lab.train.metrics as step_metrics
 
     tr = r1lab_trainer(copy.deepcopy(base), tokenizer, beta, tempfile.mkdtemp())
     spent: dict[str, float] = {}
@@ -226,13 +226,13 @@ def profile_step(base, tokenizer, beta: float, steps: int) -> None:
     tr.step()
     tr.engine.generate = timed("sampling (r1lab sampler)", tr.engine.generate)
     tr.rewards = timed("reward", tr.rewards)
-    tr._ref_logprobs = timed("reference forward", tr._ref_logprobs)
+    tr.forward.reference = timed("reference forward", tr.forward.reference)
     tr.optimizer.step = timed("optimiser step", tr.optimizer.step)
-    entropy, backward = grpo.sampled_entropy, torch.autograd.backward
-    grpo.sampled_entropy = timed("entropy metric forward (only if the sampler gave none)", entropy)
+    entropy, backward = step_metrics.sampled_entropy, torch.autograd.backward
+    step_metrics.sampled_entropy = timed("entropy metric forward (only if the sampler gave none)",
+                                         entropy)
     torch.autograd.backward = timed("policy backward", backward)
-    update = tr._update
-    tr._update = timed("_update", update)
+    tr.update = timed("_update", tr.update)
     total = 0.0
     try:
         for _ in range(steps):
@@ -240,7 +240,7 @@ def profile_step(base, tokenizer, beta: float, steps: int) -> None:
             tr.step()
             total += time.perf_counter() - t
     finally:
-        grpo.sampled_entropy, torch.autograd.backward = entropy, backward
+        step_metrics.sampled_entropy, torch.autograd.backward = entropy, backward
     spent["policy forward + loss"] = (spent.pop("_update") - spent["policy backward"]
                                       - spent["optimiser step"])
     spent = {k: v for k, v in spent.items() if v > 0}
