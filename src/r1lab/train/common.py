@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,19 +84,6 @@ def completion_logprobs(
     if comp_len == T:
         return logp
     return torch.cat([logp, out_logp[:, comp_len:]], 1)  # [N, T]
-
-
-def call_with(fn: Callable, options: dict[str, Any], **fixed: Any) -> Any:
-    """Call a registered component with the config options its signature names.
-
-    Registered functions share one positional signature per kind; their keyword constants differ
-    (`eps_low` for a clipped loss, `gamma` for GAE). The config holds them all, typed; each
-    function receives the ones it declares.
-    """
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return fn(**fixed, **options)
-    return fn(**fixed, **{k: v for k, v in options.items() if k in params})
 
 
 class JsonlWriter:
