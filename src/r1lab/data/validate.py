@@ -72,8 +72,10 @@ def check_tokenizer(tokenizer: Any, model: Any, cfg: RunConfig) -> None:
     if cfg.data.template == "chat" and not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"data.template: 'chat' needs a chat template, and {where} has none "
                           "(use data.template: r1_zero)")
+    from r1lab.data.templates import resolve
+
     names = {c.name for c in cfg.rewards.components}
-    if "format" in names or cfg.data.template == "r1_zero":
+    if "format" in names or resolve(cfg.data.template, tokenizer) == "r1_zero":
         for tag in R1_TAGS:
             ids = tokenizer(tag, add_special_tokens=False)["input_ids"]
             unk = tokenizer.unk_token_id
