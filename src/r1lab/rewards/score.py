@@ -1,9 +1,13 @@
 """Score existing completions offline: `r1lab score --reward accuracy,format --input IN --output OUT`.
 
 Each input row (JSON lines) needs the completion (`completion`) and what the rewards grade
-against (`answer` for math, `tests` for code); field names can be remapped. Each row is written
-back with `rewards: {name: score}` and `reward_metrics: {name/key: value}`. Rejection sampling
-reuses `score_rows`.
+against (`answer` for math, `tests` for code); field names can be remapped. Rows in a published
+format are read as training reads them (`r1lab.data.formats`): a GSM8K `answer` is graded
+against the number after `####`, a MATH `solution` against its last `\\boxed{}`, HumanEval /
+MBPP / stdin-stdout rows give the code reward its tests. A row without the gold the accuracy
+reward needs is an error naming its line, never a silent 0. Each row is written back with
+`rewards: {name: score}` and `reward_metrics: {name/key: value}`. Rejection sampling reuses
+`score_rows`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from r1lab.data.loading import DataError, read_rows
 from r1lab.rewards.base import get_reward
 from r1lab.rewards.compose import RewardComposer
 
@@ -32,9 +37,16 @@ def score_rows(
         check = getattr(get_reward(name), "check_rows", None)
         if check is not None:
             check(rows, tests_key=tests_key, answer_key=answer_key)
+    rewards = list(rewards)
+    remapped = [r | {"answer": r.get(answer_key), "tests": r.get(tests_key)} for r in rows]
+    if "accuracy" in rewards:
+        for i, r in enumerate(remapped):
+            if r["answer"] is None:
+                raise ValueError(f"row {i + 1}: no gold answer for the accuracy reward: field "
+                                 f"{answer_key!r} is missing or null (the row has: {', '.join(map(str, rows[i]))}); "
+                                 "set --answer-key")
     composer = RewardComposer([{"name": r} for r in rewards], workers=workers, timeout_s=timeout_s)
     try:
-        remapped = [r | {"answer": r.get(answer_key), "tests": r.get(tests_key)} for r in rows]
         batch = composer([str(r.get(completion_key) or "") for r in rows], remapped)
     finally:
         composer.close()
@@ -50,13 +62,39 @@ def score_file(
 ) -> dict[str, float]:
     """Score a JSONL file into another; `rewards` is "accuracy,format" or a list of names."""
     names = [r.strip() for r in rewards.split(",")] if isinstance(rewards, str) else list(rewards)
-    with open(input_path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    scored, summary = score_rows(rows, names, **kwargs)
+    raw = read_rows(input_path)  # DataError names file:line
+    rows = published_rows(raw, kwargs.get("answer_key", "answer"))
+    try:
+        scored, summary = score_rows(rows, names, **kwargs)
+    except ValueError as exc:  # "row N: ..." -> the file's own line
+        msg = str(exc)
+        if msg.startswith("row "):
+            n, rest = msg[4:].split(":", 1)
+            msg = f"{raw[int(n) - 1][0]}:{rest}"
+        raise ValueError(msg) from None
     with open(output_path, "w") as f:
         for row in scored:
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     return summary
+
+
+def published_rows(raw: list[tuple[str, Any]], answer_key: str = "answer") -> list[dict]:
+    """Rows as written, or, when their columns are a published format (GSM8K, MATH, HumanEval,
+    ...), canonical rows whose `answer` / `tests` are that format's gold."""
+    from r1lab.data.formats import FormatError, detect, to_canonical
+
+    first = raw[0][1] if raw and isinstance(raw[0][1], dict) else {}
+    fmt = detect(first)
+    if fmt == "fields":
+        return [r for _, r in raw]
+    out = []
+    for i, (where, row) in enumerate(raw):
+        try:
+            canon = to_canonical(row, fmt, None, answer_key if answer_key in row else None, index=i)
+        except FormatError as exc:
+            raise DataError(f"{where}: {fmt} row: {exc}") from None
+        out.append(canon)
+    return out
 
 
 def format_summary(summary: dict[str, float]) -> str:
