@@ -101,7 +101,8 @@ class HFSampler:
                  on_step: Callable[[int, list[int], list[int]], None] | None = None) -> RolloutBatch:
         """`on_step(t, rows, tokens)`, when given, is called after every decoding step with the
         rows (of the P*n) that produced a token at step t and those tokens (a row's last one
-        may be eos): what a streaming server needs. It runs on the decoding thread."""
+        may be eos): what a streaming server needs. It runs on the decoding thread. It may return
+        rows to stop now (finish reason `stop`), e.g. those of a client that disconnected."""
         model, device = self.model, self.model.device
         t0 = time.perf_counter()
         was_training = model.training
@@ -183,11 +184,12 @@ class HFSampler:
         for t in range(T):
             tok, lp, ent = sample_next(logits, params, uniforms[t, active], entropy=True)
             tokens[active, t] = tok  # [A]
-            if on_step is not None:
-                on_step(t, active[alive].tolist(), tok[alive].tolist())
+            cancel = on_step(t, active[alive].tolist(), tok[alive].tolist()) if on_step is not None else None
             logprobs[active, t] = lp
             entropy[active, t] = ent
             done = torch.isin(tok, eos)  # [A]
+            if cancel:  # rows on_step asked to stop (a streaming client that went away)
+                done |= torch.isin(active, torch.tensor(sorted(cancel), device=device))
             if stop_check is not None:
                 done |= stop_check(tokens[active, : t + 1])
             done &= alive
