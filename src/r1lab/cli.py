@@ -194,9 +194,16 @@ def serve(
     top_p: Annotated[float, typer.Option(help="default top-p (the paper's 0.95)")] = 0.95,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps")] = "auto",
     max_batch: Annotated[int, typer.Option(help="prompts of concurrent requests decoded together (1: one at a time)")] = 16,
+    api_key: Annotated[Optional[str], typer.Option(envvar="R1LAB_API_KEY", help="every /v1 request needs 'Authorization: Bearer KEY' (else 401)")] = None,  # noqa: UP045
+    max_request_bytes: Annotated[int, typer.Option(help="larger request bodies get a 413")] = 1 << 20,
+    max_concurrent: Annotated[int, typer.Option(help="requests in flight past this get a 429")] = 64,
 ) -> None:
     """OpenAI-compatible chat server: thinking in `reasoning_content`, the answer in `content`."""
     from r1lab.serve import serve as run_server
+
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can "
+                      "reach this port can use the model", highlight=False)
 
     def ready(model_name: str, used_template: str) -> None:
         console.print(f"serving [bold]{model_name}[/] (template {used_template}) at "
@@ -204,7 +211,8 @@ def serve(
 
     try:
         run_server(checkpoint, host=host, port=port, name=name, template=template, max_tokens=max_tokens,
-                   temperature=temperature, top_p=top_p, device=device, max_batch=max_batch, ready=ready)
+                   temperature=temperature, top_p=top_p, device=device, max_batch=max_batch, ready=ready,
+                   api_key=api_key, max_request_bytes=max_request_bytes, max_concurrent=max_concurrent)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
         _fail(exc)
 
