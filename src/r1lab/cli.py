@@ -57,14 +57,17 @@ def demo(
     seed: Annotated[int, typer.Option(help="random seed of the whole run")] = 1,
     config: Annotated[Optional[Path], typer.Option(help="config file (default: the embedded demo)")] = None,  # noqa: UP045
     set_: SetOpt = None,
+    scenario: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="a finding of the paper: reflection, language (default: r1zero, the plain demo)")] = None,
 ) -> None:
     """R1-Zero from scratch: pre-train a weak tiny base, GRPO it, compare on held-out problems."""
     from r1lab.config import ConfigError
     from r1lab.pipeline.demo import load_demo_config, run_demo
 
     try:
-        cfg = load_demo_config(config, set_)
-    except ConfigError as exc:
+        sets = [*(set_ or []), *([f"scenario.name={scenario}"] if scenario else [])]
+        cfg = load_demo_config(config, sets, scenario=scenario)
+    except (ConfigError, ValueError) as exc:
         _fail(exc)
     run_demo(cfg, out, seed=seed, console=console)
     console.print(f"run folder: [bold]{out}[/] (summary.json, metrics.jsonl, samples.jsonl, base/, rl/)")

@@ -264,6 +264,12 @@ class PretrainConfig(Section):
     lr: float = Field(3e-3, gt=0)
     corpus_size: int = Field(20000, gt=0)
     think_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    # habits of a noisy corpus (`r1lab.data.tasks.corpus_completion`; addition tasks only)
+    slip_rate: float = Field(0.0, ge=0.0, le=1.0, description="a worked step's total written one off")
+    reflect_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="worked solutions that check each step and redo a slip")
+    mix_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="worked solutions that switch to the second alphabet mid-way")
 
 
 class SFTConfig(Section):
@@ -321,6 +327,16 @@ class PipelineConfig(Section):
             raise ValueError(f"overrides: unknown stage {', '.join(unknown)}; stages: "
                              f"{', '.join(PIPELINE_STAGES + DISTILL_STAGES)}")
         return self
+
+
+class ScenarioConfig(Section):
+    """`r1lab demo --scenario NAME`: which of the paper's findings the demo reproduces
+    (`r1lab.pipeline.findings`); `r1zero` is the plain R1-Zero demo."""
+
+    name: str = "r1zero"
+    aha_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="reflection: the aha step is the first from which the "
+        "per-step reflection rate stays at or above this")
 
 
 class EvalConfig(Section):
@@ -393,6 +409,7 @@ class RunConfig(Section):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     reject: RejectConfig = Field(default_factory=RejectConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -56,7 +56,11 @@ def _plot(metrics: list[dict[str, Any]], samples_by_step: dict[int, list[dict[st
     ax = axes[1][1]
     if sample_steps:
         ax.plot(sample_steps, [reflection_rate(s["completion"] for s in samples_by_step[k])
-                               for k in sample_steps], color="tab:red")
+                               for k in sample_steps], color="tab:red", alpha=0.5, label="logged samples")
+    if all("reward/reflection" in m for m in metrics):  # the `reflection` reward, weight 0
+        ax.plot(steps, [m["reward/reflection"] for m in metrics], color="darkred",
+                label="all completions (reward/reflection)")
+        ax.legend()
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("share of sampled completions with reflection words")
     for a in axes.flat:
@@ -106,6 +110,17 @@ def build_report(run_dir: str | Path) -> Path:
     aha_text = (f"The policy thinks in at least 90% of its completions from step {aha} on."
                 if aha is not None else "The think rate never settled above 90%.")
     parts.append(f"<p class='aha'><b>Aha step:</b> {aha_text}</p>")
+    if summary_path.is_file() and "aha_threshold" in s:  # a findings scenario measured reflection
+        step = s.get("aha_step")
+        parts.append("<p class='aha'><b>Reflection aha step:</b> " + (
+            f"at least {s['aha_threshold']:.0%} of the completions check their work from step {step} on."
+            if step is not None else f"the reflection rate never settled above {s['aha_threshold']:.0%}.")
+            + "</p>")
+    if summary_path.is_file() and s.get("caught_slip"):
+        c = s["caught_slip"]
+        parts.append("<h2>The policy catches its own slip</h2>")
+        parts.append(f"<div class='sample'><div class='q'>{html.escape(str(c['question']))} &rarr; gold "
+                     f"{html.escape(str(c['answer']))}</div><pre>{html.escape(c['completion'])}</pre></div>")
     parts.append(f"<img alt='training curves' src='data:image/png;base64,{_plot(metrics, by_step)}'>")
     for title, step in (("Early samples", min(by_step, default=None)), ("Late samples", max(by_step, default=None))):
         if step is None:

@@ -91,6 +91,111 @@ def make_linear(rng: random.Random, min_digits: int = 1, max_digits: int = 2) ->
 TASKS.register("addition", Task("addition", make_addition))
 TASKS.register("linear", Task("linear", make_linear))
 
+#: the second "language" of the `language` scenario: the same digits written as letters
+LETTER_DIGITS = "abcdefghij"
+
+
+def to_letters(text: str) -> str:
+    """Write every digit of `text` in the second alphabet (0 -> a, ..., 9 -> j).
+
+    >>> to_letters("34+6:4+6+1=11")
+    'de+g:e+g+b=bb'
+    """
+    return text.translate(str.maketrans("0123456789", LETTER_DIGITS))
+
+
+def write_addition(a: int, b: int, *, rng: random.Random | None = None, slip_rate: float = 0.0,
+                   reflect: bool = False, switch_at: int | None = None) -> tuple[str, str]:
+    """(think, answer) for `a+b` worked as `make_addition` works it, with the habits of a
+    noisy corpus.
+
+    - `slip_rate`: each step's total is written one off (up or down) with this probability; the
+      carry and the answer follow what was written, so a slip makes the answer wrong;
+    - `reflect`: every step is checked (`,check` after a right total; after a slip, `,wait,`
+      and the step redone right, which the rest of the solution then follows);
+    - `switch_at`: from this step on the steps are written in the second alphabet
+      (`to_letters`); the answer stays in digits.
+
+    >>> write_addition(345, 67)
+    ('345+67:5+7=12;34+6:4+6+1=11;3+0:3+0+1=4', '412')
+    >>> write_addition(345, 67, reflect=True)[0]
+    '345+67:5+7=12,check;34+6:4+6+1=11,check;3+0:3+0+1=4,check'
+    >>> write_addition(345, 67, switch_at=1)
+    ('345+67:5+7=12;de+g:e+g+b=bb;d+a:d+a+b=e', '412')
+    >>> rng = random.Random(3)
+    >>> write_addition(345, 67, rng=rng, slip_rate=0.5)
+    ('345+67:5+7=11;34+6:4+6+1=10;3+0:3+0+1=4', '401')
+    >>> write_addition(345, 67, rng=random.Random(3), slip_rate=0.5, reflect=True)[0]
+    '345+67:5+7=11,wait,5+7=12;34+6:4+6+1=10,wait,4+6+1=11;3+0:3+0+1=4,check'
+    """
+    sa, sb = str(a), str(b)
+    steps, digits, carry = [], [], 0
+    for i in range(max(len(sa), len(sb))):
+        ra, rb = sa[: max(0, len(sa) - i)] or "0", sb[: max(0, len(sb) - i)] or "0"
+        x, y = int(ra[-1]), int(rb[-1])
+        terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
+        total = written = x + y + carry
+        if slip_rate and rng is not None and rng.random() < slip_rate:
+            written = total + 1 if total == 0 or rng.random() < 0.5 else total - 1
+        step = f"{ra}+{rb}:{terms}={written}"
+        if reflect:
+            step += ",check" if written == total else f",wait,{terms}={total}"
+            written = total
+        if switch_at is not None and i >= switch_at:
+            step = to_letters(step)
+        steps.append(step)
+        digits.append(written % 10)
+        carry = written // 10
+    answer = (str(carry) if carry else "") + "".join(str(d) for d in reversed(digits))
+    return ";".join(steps), str(int(answer))
+
+
+def _operands(p: Problem) -> tuple[int, int]:
+    a, b = p.question.split("+")
+    return int(a), int(b)
+
+
+def make_reflection(rng: random.Random, min_digits: int = 2, max_digits: int = 3) -> Problem:
+    """Addition whose worked solution checks every step (the `reflection` scenario's task; its
+    corpus also has unchecked solutions that slip, see `corpus_completion`). Same problems and
+    split as `addition`.
+
+    >>> make_reflection(random.Random(0), min_digits=2, max_digits=2).think
+    '63+43:3+3=6,check;6+4:6+4=10,check'
+    """
+    p = make_addition(rng, min_digits, max_digits)
+    think, _ = write_addition(*_operands(p), reflect=True)
+    return Problem(p.question, p.answer, think, p.key)
+
+
+TASKS.register("reflection", Task("reflection", make_reflection))
+TASKS.register("language", Task("language", make_addition))  # its corpus mixes alphabets
+
+
+def corpus_completion(p: Problem, rng: random.Random, *, slip_rate: float = 0.0,
+                      reflect_fraction: float = 0.0, mix_fraction: float = 0.0,
+                      think_fraction: float = 1.0) -> str:
+    """One pre-training completion of an addition problem, drawn with a noisy corpus's habits:
+    bare (no `<think>`) with probability 1 - `think_fraction`; else worked, its steps slipping at
+    `slip_rate`, checked with probability `reflect_fraction`, switching into the second alphabet
+    at a random step with probability `mix_fraction` (when it has more than one step).
+
+    >>> p = make_addition(random.Random(0), min_digits=2, max_digits=2)
+    >>> corpus_completion(p, random.Random(0), mix_fraction=1.0)
+    '<think>63+43:3+3=6;g+e:g+e=ba</think><answer>106</answer>'
+    """
+    if rng.random() >= think_fraction:
+        return p.completion(worked=False)
+    if not (slip_rate or reflect_fraction or mix_fraction):  # no habit: no further draw, so
+        return p.completion()  # the default demo's corpus is the same as it always was
+    a, b = _operands(p)
+    n_steps = max(len(str(a)), len(str(b)))
+    reflect = bool(reflect_fraction) and rng.random() < reflect_fraction
+    mixed = n_steps > 1 and bool(mix_fraction) and rng.random() < mix_fraction
+    switch = rng.randint(1, n_steps - 1) if mixed else None
+    think, answer = write_addition(a, b, rng=rng, slip_rate=slip_rate, reflect=reflect, switch_at=switch)
+    return f"<think>{think}</think><answer>{answer}</answer>"
+
 
 def generate(
     task: str,

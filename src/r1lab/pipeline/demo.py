@@ -22,22 +22,30 @@ from rich.table import Table
 
 from r1lab.analysis.report import build_report
 from r1lab.config import RunConfig, load_config, save_config
-from r1lab.data.tasks import stream
+from r1lab.data.tasks import corpus_completion, stream
 from r1lab.data.templates import TEMPLATES
 from r1lab.evaluation import evaluate, paper_protocols
 from r1lab.models import load_policy
 from r1lab.pipeline.run import load_prompt_rows
 from r1lab.train.common import seed_everything
-from r1lab.train.ppo import build_trainer  # GRPO, or PPO when the config has a critic
+from r1lab.train.grpo import build_trainer  # GRPO, or PPO when the config has a critic
 from r1lab.train.sft import train_sft
 
 
-def default_config_path() -> Path:
-    return Path(str(resources.files("r1lab") / "configs" / "demo.yaml"))
+def default_config_path(scenario: str | None = None) -> Path:
+    """The embedded config of the demo, or of `--scenario NAME` (`configs/findings_NAME.yaml`)."""
+    name = f"findings_{scenario}.yaml" if scenario and scenario != "r1zero" else "demo.yaml"
+    path = Path(str(resources.files("r1lab") / "configs" / name))
+    if not path.is_file():
+        from r1lab.pipeline.findings import SCENARIOS
+
+        raise ValueError(f"unknown scenario {scenario!r}; valid: r1zero, {', '.join(SCENARIOS.names())}")
+    return path
 
 
-def load_demo_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    return load_config(path or default_config_path(), overrides)
+def load_demo_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                     scenario: str | None = None) -> RunConfig:
+    return load_config(path or default_config_path(scenario), overrides)
 
 
 def synthetic_task(cfg: RunConfig) -> str:
@@ -47,20 +55,43 @@ def synthetic_task(cfg: RunConfig) -> str:
 
 
 def pretrain_corpus(cfg: RunConfig, seed: int) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs from the training split: worked or bare, by think_fraction."""
-    task, d = synthetic_task(cfg), cfg.data
+    """(prompt, completion) pairs from the training split: worked or bare, by think_fraction,
+    with the corpus habits of `cfg.pretrain` (slips, checked solutions, mixed alphabets)."""
+    task, d, pre = synthetic_task(cfg), cfg.data, cfg.pretrain
     problems = stream(task, seed=seed, min_digits=d.min_digits, max_digits=d.max_digits)
     rng = random.Random(f"corpus:{seed}")
     template = TEMPLATES.get(d.template)
     pairs = []
-    for _ in range(cfg.pretrain.corpus_size):
+    for _ in range(pre.corpus_size):
         p = next(problems)
-        pairs.append((template(p.question, None), p.completion(worked=rng.random() < cfg.pretrain.think_fraction)))
+        pairs.append((template(p.question, None), corpus_completion(
+            p, rng, slip_rate=pre.slip_rate, reflect_fraction=pre.reflect_fraction,
+            mix_fraction=pre.mix_fraction, think_fraction=pre.think_fraction)))
     return pairs
 
 
+def pretrain_base(cfg: RunConfig, seed: int, out: Path, console: Console):
+    """Phase 1: a tiny model pre-trained from scratch on `pretrain_corpus`, saved to `out/base`.
+    Returns (model, tokenizer)."""
+    model, tokenizer = load_policy(cfg, seed=seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    console.print(f"tiny Llama: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}; "
+                  f"corpus: {cfg.pretrain.corpus_size} problems, {cfg.pretrain.think_fraction:.0%} with worked <think> solutions")
+    train_sft(model, tokenizer, pretrain_corpus(cfg, seed), steps=cfg.pretrain.steps,
+              batch_size=cfg.pretrain.batch_size, lr=cfg.pretrain.lr, seed=seed,
+              log_path=out / "pretrain_metrics.jsonl", progress=cfg.log.progress, description="pretrain")
+    model.save_pretrained(out / "base")
+    tokenizer.save_pretrained(out / "base")
+    return model, tokenizer
+
+
 def run_demo(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Console | None = None) -> dict[str, Any]:
+    """The R1-Zero demo, or the finding `cfg.scenario.name` names (`r1lab.pipeline.findings`)."""
     console = console or Console()
+    if cfg.scenario.name != "r1zero":
+        from r1lab.pipeline.findings import run_scenario
+
+        return run_scenario(cfg, out_dir, seed=seed, console=console)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg.model_copy(deep=True)
@@ -76,15 +107,8 @@ def run_demo(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Consol
 
     console.rule("[bold]1/4 pre-training a weak base model")
     t = time.perf_counter()
-    model, tokenizer = load_policy(cfg, seed=seed)
+    model, tokenizer = pretrain_base(cfg, seed, out, console)
     n_params = sum(p.numel() for p in model.parameters())
-    console.print(f"tiny Llama: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}; "
-                  f"corpus: {cfg.pretrain.corpus_size} problems, {cfg.pretrain.think_fraction:.0%} with worked <think> solutions")
-    train_sft(model, tokenizer, pretrain_corpus(cfg, seed), steps=cfg.pretrain.steps,
-              batch_size=cfg.pretrain.batch_size, lr=cfg.pretrain.lr, seed=seed,
-              log_path=out / "pretrain_metrics.jsonl", progress=cfg.log.progress, description="pretrain")
-    model.save_pretrained(out / "base")
-    tokenizer.save_pretrained(out / "base")
     timings["pretrain"] = time.perf_counter() - t
 
     def run_eval(name: str) -> dict[str, Any]:

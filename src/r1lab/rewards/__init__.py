@@ -6,7 +6,7 @@ Every reward is `fn(completion: str, row: dict, **kwargs) -> Score`; a name of t
 `package.module:function` loads a user function with that signature.
 """
 
-from r1lab.rewards import code, format, language, length, math, model  # noqa: F401  (registers)
+from r1lab.rewards import code, format, judge, language, length, math, model, reflection  # noqa: F401  (registers)
 from r1lab.rewards.base import REWARDS, Score, get_reward, load_user_function
 from r1lab.rewards.compose import RewardBatch, RewardComposer
 

@@ -1,0 +1,150 @@
+"""The `judge` reward against a REAL `r1lab serve` process (and the same checkpoint loaded
+locally): the served model is a tiny Llama whose weights are set by hand so that, greedily, it
+answers every rubric with "7" and stops, so the verdict is known exactly: 7/10."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from r1lab.rewards import RewardComposer
+from r1lab.rewards.judge import Judge, parse_verdict, route, shown_answer
+
+RUBRIC = "Rate the answer {answer} to {prompt}. Score:"
+
+
+def seven_then_stop(folder: Path) -> Path:
+    """A Llama whose layers add nothing (o_proj, down_proj = 0), so the last hidden state is the
+    last token's embedding: dimension 0 is 1 for every token, dimension 1 only for "7". The
+    untied head scores "7" at 1*h0 - 2*h1 and end-of-text at h1: after any token but "7" the
+    model says "7" (5.66 vs 0); after "7" it stops (4 - 8 = -4 vs 4)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from r1lab.models.tiny import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=None)
+    model = LlamaForCausalLM(cfg)
+    seven, eos = tok.convert_tokens_to_ids("7"), tok.eos_token_id
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb = model.model.embed_tokens.weight
+        emb.zero_()
+        emb[:, 0] = 1.0
+        emb[seven, 1] = 1.0
+        model.model.norm.weight.fill_(1.0)
+        head = model.lm_head.weight
+        head.zero_()
+        head[seven, 0], head[seven, 1] = 1.0, -2.0
+        head[eos, 1] = 1.0
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder.parent / "config.yaml").write_text("data:\n  template: tiny\n")
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def judge_ckpt(tmp_path_factory) -> Path:
+    return seven_then_stop(tmp_path_factory.mktemp("judge") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def judge_server(judge_ckpt):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "r1lab.cli", "serve", str(judge_ckpt), "--port", str(port),
+                             "--name", "judge", "--max-tokens", "16"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=1):
+                break
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("judge server did not start:\n" + proc.stdout.read())
+            time.sleep(0.2)
+    yield base + "/v1"
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_verdicts_parse():
+    assert parse_verdict("Score: 7") == 0.7 and parse_verdict("**Rating:** 4.5") == 0.45
+    assert parse_verdict("[[10]]") == 1.0 and parse_verdict("2 / 5") == 0.4
+    assert parse_verdict("<think>Score: 1</think>Score: 9") == 0.9  # the judge's thinking is no verdict
+    assert parse_verdict("yes, accept") == 1.0 and parse_verdict("Rejected.") == 0.0
+    assert parse_verdict("Score: 12") is None and parse_verdict("") is None
+    assert parse_verdict("8", scale=5) is None and parse_verdict("4", scale=5) == 0.8
+
+
+def test_the_judge_sees_the_answer_not_the_thinking():
+    assert shown_answer("<think>secret</think> <answer> Paris </answer>") == "Paris"
+    with pytest.raises(ValueError, match="exactly one of"):
+        Judge()
+    with pytest.raises(ValueError, match="answer"):
+        Judge(url="http://x", rubric="no slot")
+
+
+def test_a_served_judge_scores_and_caches(judge_server):
+    j = Judge(url=judge_server, rubric=RUBRIC)
+    s = j("greet me", "<think>hmm</think><answer>hello</answer>")
+    assert (s.value, s.metrics["failed"]) == (0.7, False)
+    assert j("greet me", "<think>hmm</think><answer>hello</answer>").value == 0.7
+    assert (j.stats.requests, j.stats.cache_hits) == (1, 1)  # the second was not asked again
+    j("greet me", "<answer>hi</answer>")
+    assert (j.stats.requests, j.stats.cache_hits, j.stats.failures) == (2, 1, 0)
+    # the server's model id is checked: a wrong one is a 404 -> counted, scored 0, not cached
+    bad = Judge(url=judge_server, model="gpt-x", rubric=RUBRIC)
+    assert bad("q", "a").value == 0.0 and bad("q", "a").value == 0.0
+    assert (bad.stats.failures, bad.stats.requests) == (2, 2)
+
+
+def test_an_unreachable_judge_is_counted_not_fatal():
+    j = Judge(url=f"http://127.0.0.1:{_free_port()}/v1", rubric=RUBRIC, timeout_s=5)
+    s = j("q", "a")
+    assert s.value == 0.0 and s.metrics == {"failed": True, "error": "URLError"}
+    assert j.stats.failures == 1 and j.stats.requests == 1
+
+
+def test_a_local_judge_model_gives_the_same_verdict(judge_ckpt):
+    assert Judge(model_path=str(judge_ckpt), rubric=RUBRIC)("q", "a").value == 0.7
+    j = Judge(model_path=str(judge_ckpt), rubric=RUBRIC, scale=5)  # "7" on a 0-5 scale: no verdict
+    assert j("q", "a").value == 0.0 and j.stats.unparsed == 1
+
+
+def test_route_sends_rows_without_gold_to_the_judge(judge_server):
+    judge_kwargs = {"url": judge_server, "rubric": RUBRIC}
+    comp = RewardComposer([{"name": "route", "kwargs": {"model_kwargs": judge_kwargs}}])
+    rows = [{"question": "2+2", "answer": "4"}, {"question": "2+2", "answer": "4"},
+            {"question": "write a haiku", "answer": ""}, {"question": "be kind"}]
+    batch = comp(["<answer>4</answer>", "<answer>5</answer>", "<answer>old pond</answer>", "ok"], rows)
+    assert batch.components["route"] == [1.0, 0.0, 0.7, 0.7]
+    assert batch.metrics["route/judged_rate"] == 0.5 and batch.errors == 0
+    assert [m["route/judged"] for m in batch.per_sample_metrics] == [False, False, True, True]
+    assert route("<answer>4</answer>", {"answer": "4"}).metrics["judged"] is False
+    assert json.dumps(batch.metrics)  # plain numbers, ready for metrics.jsonl

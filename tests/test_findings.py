@@ -1,0 +1,72 @@
+"""`r1lab demo --scenario ...`: the paper's findings in miniature (`r1lab.pipeline.findings`).
+
+The default suite runs the reflection scenario end to end on a micro config (seconds) and checks
+the report's data; `-m slow` runs each scenario's real config on seed 1 and asserts the
+direction of its finding.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r1lab.analysis.report import read_jsonl
+from r1lab.pipeline.demo import load_demo_config, run_demo
+from r1lab.pipeline.findings import SCENARIOS, behaviour
+
+MICRO = [
+    "model.tiny={hidden_size: 32, num_layers: 2, num_heads: 2, num_kv_heads: 2, intermediate_size: 64}",
+    "model.threads=1", "data.min_digits=1", "data.max_digits=2", "data.train_size=64",
+    "data.heldout_size=8", "pretrain.steps=120", "pretrain.corpus_size=2000", "pretrain.batch_size=32",
+    "pretrain.reflect_fraction=0.5", "train.steps=6", "train.batch_size=4", "rollout.max_new_tokens=48",
+    "eval.num_problems=8", "eval.k=2", "log.progress=false",
+]
+
+
+def test_scenarios_are_registered_and_the_cli_names_them():
+    assert {"reflection", "language"} <= set(SCENARIOS.names())
+    with pytest.raises(ValueError, match="unknown scenario 'aha'.*reflection"):
+        load_demo_config(scenario="aha")
+    assert load_demo_config(scenario="language").scenario.name == "language"
+
+
+def test_behaviour_counts_by_hand():
+    pairs = [({"answer": "12"}, "<think>5+7=12,check</think><answer>12</answer>"),
+             ({"answer": "12"}, "<think>5+7=13,wait,5+7=12,check</think><answer>12</answer>"),
+             ({"answer": "12"}, "<think>5+7=13</think><answer>13</answer>"),
+             ({"answer": "12"}, "<think>5+7=12;f+h=bc</think><answer>12</answer> extra")]
+    b = behaviour(pairs)
+    assert b["pass1"] == 0.75 and b["reflection_rate"] == 0.5 and b["caught_slip_rate"] == 0.25
+    assert b["accuracy_reflective"] == 1.0 and b["accuracy_plain"] == 0.5
+    # "check" and "wait" are Latin words among digits too: 3 of 4 mix scripts
+    assert b["mixing_rate"] == 0.75 and b["format_error_rate"] == 0.25
+    assert b["mean_reasoning_len"] == (12 + 24 + 6 + 13) / 4
+
+
+def test_reflection_scenario_report_has_a_non_flat_reflection_curve(tmp_path):
+    cfg = load_demo_config(scenario="reflection", overrides=MICRO)
+    summary = run_demo(cfg, tmp_path, seed=1)
+    metrics = read_jsonl(tmp_path / "metrics.jsonl")
+    curve = [m["reward/reflection"] for m in metrics]  # what the report's reflection panel draws
+    assert len(curve) == 6 and summary["reflection_curve"] == curve
+    assert max(curve) > min(curve)  # not flat at 0 as in the plain demo
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("base_pass1", "rl_pass1", "base_reflection_rate", "rl_reflection_rate", "aha_step"):
+        assert key in saved
+    page = (tmp_path / "report.html").read_text()
+    assert "Reflection aha step" in page
+
+
+@pytest.mark.slow
+def test_reflection_finding_on_seed_1(tmp_path):
+    s = run_demo(load_demo_config(scenario="reflection", overrides=["log.progress=false"]), tmp_path, seed=1)
+    assert s["rl_reflection_rate"] > s["base_reflection_rate"]
+    assert s["rl_pass1"] > s["base_pass1"]
+    assert s["rl"]["accuracy_reflective"] > s["rl"]["accuracy_plain"]
+
+
+@pytest.mark.slow
+def test_language_finding_on_seed_1(tmp_path):
+    s = run_demo(load_demo_config(scenario="language", overrides=["log.progress=false"]), tmp_path, seed=1)
+    assert s["lc_mixing_rate"] < s["r1zero_mixing_rate"]
