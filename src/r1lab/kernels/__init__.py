@@ -163,7 +163,7 @@ def decode_attention(qkv: Tensor, cos: Tensor, ssin: Tensor, pos: Tensor, k_cach
     """One decoding step of one layer: RoPE on the new q and k, k and v written into the cache
     at position `length`, then attention of the one query over positions 0..length.
 
-    qkv [A, (H + 2 Hkv) D] (rows contiguous); cos/ssin [P, D] tables (`native._signed_sin`);
+    qkv [A, (H + 2 Hkv) D] (rows contiguous); cos/ssin [P, D] tables (`r1lab.models.ops.signed_sin`);
     pos [A] int64; k_cache/v_cache [A, Hkv, max_len, D] (views with unit stride on the last two
     dims); bias [A, >= length + 1] with unit last stride. Returns [A, H D]. Call only when
     `available()`; `reference_decode_attention` is the same computation in torch.
@@ -249,7 +249,7 @@ def causal_attention(x: Tensor, lens: Tensor, heads: int, kv_heads: int, scale: 
 
     x [R, S, (H + 2 Hkv) D]: each position's q heads, then k heads, then v heads, before RoPE;
     block position t has position id t and is rotated with row t of cos/ssin [>= S, D]
-    (`r1lab.rollout.native._signed_sin`; None: no rotation). lens [R] int64: block r's real
+    (`r1lab.models.ops.signed_sin`; None: no rotation). lens [R] int64: block r's real
     positions are 0 .. lens[r]-1, the rest padding (output 0, gradient 0). Returns [R, S, H D].
     Query head h uses kv head h // (H / Hkv). Call only when `causal_supports(x, D)`.
     """

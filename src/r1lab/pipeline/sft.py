@@ -19,7 +19,7 @@ from rich.console import Console
 
 from r1lab.config import ConfigError, RunConfig, save_config
 from r1lab.data.loading import DataError, load_rows
-from r1lab.data.templates import TEMPLATES
+from r1lab.data.templates import TEMPLATES, save_template
 from r1lab.models import load_policy
 from r1lab.registry import UnknownComponentError
 from r1lab.tracking import RunLogger
@@ -67,6 +67,7 @@ def run_sft(cfg: RunConfig, out_dir: str | Path, console: Console | None = None,
     final = out / "final"
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
+    save_template(final, cfg, tokenizer)  # r1lab_template.json: what serve builds prompts with
     result = {"rows": len(rows), "steps": len(losses), "first_loss": losses[0], "last_loss": losses[-1],
               "final": str(final), "train_seconds": time.perf_counter() - t0}
     if heldout:

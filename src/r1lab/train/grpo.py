@@ -30,7 +30,7 @@ import torch
 
 from r1lab.algorithms import resolve_algorithm
 from r1lab.config import RunConfig
-from r1lab.data.templates import TEMPLATES, encode_prompts
+from r1lab.data.templates import TEMPLATES, encode_prompts, save_template
 from r1lab.rewards import RewardComposer
 from r1lab.rollout import SamplingParams, build_engine
 from r1lab.tracking import RunLogger
@@ -226,6 +226,7 @@ class GRPOTrainer:
             path.mkdir(parents=True, exist_ok=True)
             self.model.save_pretrained(path)
             self.tokenizer.save_pretrained(path)
+            save_template(path, self.cfg, self.tokenizer)  # the prompts serve must build
             if self.critic is not None:
                 self.critic.save(path)
         return path
