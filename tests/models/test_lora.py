@@ -12,7 +12,13 @@ from tests.conftest import MICRO  # noqa: E402
 
 from r1lab.config import LoraConfig, ModelConfig  # noqa: E402
 from r1lab.models import load_policy, load_reference  # noqa: E402
-from r1lab.models.lora import AdapterDisabled, is_lora, load_adapter, save_merged  # noqa: E402
+from r1lab.models.lora import (  # noqa: E402
+    AdapterDisabled,
+    is_lora,
+    load_adapter,
+    merged_state_dict,
+    save_merged,
+)  # noqa: E402
 
 IDS = torch.tensor([[5, 17, 30, 44, 9, 12]])  # [1, 6]
 
@@ -58,6 +64,10 @@ def test_reference_is_the_base_with_adapter_disabled_no_copy():
     assert (after - before).abs().max() > 1e-2  # the adapter moved the policy
     assert torch.equal(logits(ref), before)  # the reference did not move
     assert (logits(model) - after).abs().max() == 0  # and the adapter is back on afterwards
+    # the frozen base weights alone (what vLLM loads once before adapters follow) are unchanged
+    base, _ = load_policy(ModelConfig(tiny=MICRO, device="cpu"), seed=0)
+    frozen = merged_state_dict(model, merge=False)
+    assert all(torch.equal(frozen[k], v) for k, v in base.state_dict().items())
 
 
 def test_merged_checkpoint_loads_in_plain_transformers(tmp_path):

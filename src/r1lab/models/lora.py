@@ -92,12 +92,13 @@ class AdapterDisabled(nn.Module):
             return self.policy(*args, **kwargs)
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: nn.Module, merge: bool = True) -> dict[str, torch.Tensor]:
     """The base model's state dict with every adapter merged in (W + scaling * B @ A), under
-    the base model's own key names; the live model is not changed."""
+    the base model's own key names; the live model is not changed. `merge=False`: the frozen
+    base weights alone."""
     base = model.get_base_model()
     deltas: dict[str, torch.Tensor] = {}
-    for name, module in base.named_modules():
+    for name, module in base.named_modules() if merge else ():
         if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
             for adapter in module.active_adapters:
                 if adapter in module.lora_A:
@@ -118,20 +119,28 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_merged(model: nn.Module, tokenizer, path: str | Path) -> Path:
     """Write the merged weights as a plain transformers directory at `path` (loads with
     `AutoModelForCausalLM.from_pretrained`), and the adapter alone in `path/adapter`."""
+    path = Path(path)
+    save_plain(model, merged_state_dict(model), path)
+    model.save_pretrained(path / ADAPTER_DIR)  # peft: adapter_config.json + adapter weights
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def save_plain(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Write `state` (plain key names) as a transformers directory of `model`'s architecture
+    (a peft model's base architecture), without building a second copy of the weights."""
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    base = model.get_base_model()
+    base = model.get_base_model() if is_lora(model) else model
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(base.config)
-    plain.load_state_dict(merged_state_dict(model), strict=False, assign=True)
+    plain.load_state_dict(state, strict=False, assign=True)
     plain.tie_weights()
     plain.generation_config = base.generation_config
     plain.save_pretrained(path)
-    model.save_pretrained(path / ADAPTER_DIR)  # peft: adapter_config.json + adapter weights
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
     return path
 
 
