@@ -84,7 +84,7 @@ def train_grpo(
     """GRPO on any local Hugging Face causal LM and any prompt dataset."""
     from r1lab.pipeline.run import run_grpo
 
-    result = _run(run_grpo, config, set_, out, resume=resume)
+    result = _run(run_grpo, config, set_, out, parallel=True, resume=resume)
     if result.get("stopped"):  # SIGINT / SIGTERM: checkpointed, exit 128 + signal number
         raise typer.Exit(result["exit_code"])
 

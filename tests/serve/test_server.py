@@ -150,7 +150,7 @@ def server(checkpoint):
     while True:
         try:
             with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                assert json.load(r) == {"status": "ok"}
+                assert json.load(r)["status"] == "ok"
             break
         except (urllib.error.URLError, ConnectionError):
             if proc.poll() is not None or time.monotonic() > deadline:

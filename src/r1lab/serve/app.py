@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
-import queue
 import threading
 import time
 import uuid
@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from r1lab.data.templates import TEMPLATES
+from r1lab.data.templates import TEMPLATES, load_template, saved_prompt, template_record
 from r1lab.r1_format import parse_r1
+from r1lab.serve.guard import Guard
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 
@@ -136,6 +137,22 @@ def resolve_template(checkpoint: str | Path, tokenizer: Any, template: str = "au
     return "r1_zero"
 
 
+def serve_template(checkpoint: str | Path, tokenizer: Any, template: str = "auto") -> dict[str, Any]:
+    """The template record to build prompts with: the one the checkpoint was trained with
+    (`r1lab_template.json`, system message included) unless `template` names another; for an
+    older checkpoint, `resolve_template`'s choice, with r1lab's system message for `chat` only
+    when the checkpoint sits in an r1lab run folder (a model r1lab never trained gets none)."""
+    if template == "auto":
+        saved = load_template(checkpoint)
+        if saved is not None:
+            return saved
+    name = resolve_template(checkpoint, tokenizer, template)
+    record = template_record(name, tokenizer)
+    if name == "chat" and not (Path(checkpoint).resolve().parent / "config.yaml").is_file():
+        record.pop("system", None)
+    return record
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer", "tool"]
@@ -202,6 +219,7 @@ class _Job:
         self.completion_tokens = 0
         self.batch_prompts = 0  # how many prompts its decode batch had
         self.error: BaseException | None = None
+        self.cancel = threading.Event()  # set when a streaming client goes away
 
     def wait(self) -> _Job:
         self.done.wait()
@@ -219,6 +237,7 @@ class Batcher:
         self.sampler, self.max_prompts, self.window_s = sampler, max(1, max_prompts), window_s
         self.pending: collections.deque[_Job] = collections.deque()
         self.cv = threading.Condition()
+        self.stats = {"requests": 0, "cancelled": 0, "running": 0}
         threading.Thread(target=self._loop, name="r1lab-serve-batcher", daemon=True).start()
 
     def submit(self, job: _Job) -> _Job:
@@ -255,8 +274,24 @@ class Batcher:
         """Decode `jobs` as one batch; each gets its rows' texts (and, streaming, its steps)."""
         n = jobs[0].params.n
         streaming = [j.on_step is not None for j in jobs]
+        stopped: set[int] = set()
+        live = [j for j in jobs if not j.cancel.is_set()]  # a client gone before its turn: skipped
+        self.stats["cancelled"] += len(jobs) - len(live)
+        for job in jobs:
+            if job.cancel.is_set():
+                job.done.set()
+        if not live:
+            return
+        if len(live) < len(jobs):
+            jobs, streaming = live, [j.on_step is not None for j in live]
+        self.stats["requests"] += len(jobs)
+        self.stats["running"] = len(jobs)
 
-        def on_step(t: int, rows: list[int], tokens: list[int]) -> None:
+        def on_step(t: int, rows: list[int], tokens: list[int]) -> list[int]:
+            for j, job in enumerate(jobs):
+                if j not in stopped and job.cancel.is_set():
+                    stopped.add(j)
+                    self.stats["cancelled"] += 1
             per_job: dict[int, tuple[list[int], list[int]]] = {}
             for row, tok in zip(rows, tokens, strict=True):
                 if streaming[row // n]:
@@ -264,7 +299,9 @@ class Batcher:
                     local[0].append(row % n)
                     local[1].append(tok)
             for j, (local_rows, toks) in per_job.items():
-                jobs[j].on_step(t, local_rows, toks)
+                if j not in stopped:
+                    jobs[j].on_step(t, local_rows, toks)
+            return [j * n + k for j in stopped for k in range(n)]
 
         try:
             out = self.sampler.generate([j.ids for j in jobs], jobs[0].params,
@@ -278,6 +315,7 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - every request of the batch reports it
             for job in jobs:
                 job.error = exc
+        self.stats["running"] = 0
         for job in jobs:
             job.done.set()
 
@@ -287,11 +325,15 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero",
+def build_app(model, tokenizer, *, name: str = "r1lab", template: str | dict[str, Any] = "r1_zero",
               max_tokens: int = 1024, temperature: float = 0.6, top_p: float = 0.95,
-              max_batch: int = 16):
+              max_batch: int = 16, api_key: str | None = None, max_request_bytes: int = 1 << 20,
+              max_concurrent: int = 64):
     """A FastAPI app serving `model` (defaults: the paper's sampling, T=0.6, top-p 0.95);
-    concurrent requests are decoded together, up to `max_batch` prompts (1: one at a time)."""
+    concurrent requests are decoded together, up to `max_batch` prompts (1: one at a time).
+    `template` is a template name or a saved record (`serve_template`). With `api_key`, every
+    /v1 request needs `Authorization: Bearer KEY` (401 otherwise); bodies over
+    `max_request_bytes` get a 413, requests past `max_concurrent` in flight a 429."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -299,11 +341,15 @@ def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero
     from r1lab.rollout import SamplingParams
     from r1lab.rollout.hf import HFSampler
 
-    template_fn = TEMPLATES.get(template)
+    record = template if isinstance(template, dict) else template_record(template, tokenizer)
+    if not isinstance(template, dict) and record["template"] == "chat":
+        record.pop("system", None)  # a bare name: the chat template over the client's messages
     context = getattr(model.config, "max_position_embeddings", None)
     batcher = Batcher(HFSampler(model, tokenizer), max_batch)
     created = int(time.time())
     app = FastAPI(title="r1lab", description="OpenAI-compatible chat server for reasoning models")
+    app.add_middleware(Guard, api_key=api_key, max_request_bytes=max_request_bytes,
+                       max_concurrent=max_concurrent)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError):
@@ -319,22 +365,20 @@ def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero
         return _openai_error(400, f"{param}: {err.get('msg')}", param)
 
     @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def health() -> dict[str, Any]:
+        return {"status": "ok", **batcher.stats}
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "r1lab"}]}
 
     def prompt_text(req: ChatRequest) -> tuple[str, bool]:
-        """(prompt, whether a template adds BOS): the chat template over the whole conversation,
-        else the template over the last user message."""
+        """(prompt, whether a template adds BOS): the chat template over the whole conversation
+        (the run's system message first when the client sends none), else the template over
+        the last user message: the prompt text the checkpoint was trained on."""
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
-        if template == "chat":
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False
-        question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        return template_fn(question, tokenizer), True
+        return saved_prompt(record, messages, tokenizer), record["template"] != "chat"
 
     @app.post("/v1/chat/completions")
     def chat_completions(req: ChatRequest):
@@ -381,15 +425,18 @@ def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero
                 "usage": _usage(len(ids), job.completion_tokens)}
         return JSONResponse(body, headers={"x-r1lab-batch-prompts": str(job.batch_prompts)})
 
-    def _stream(head: dict, ids: list[int], params, thinking: bool, include_usage: bool):
+    async def _stream(head: dict, ids: list[int], params, thinking: bool, include_usage: bool):
         """Server-sent events as OpenAI streams them: a role chunk, content / reasoning_content
-        deltas as tokens are decoded, a finish_reason chunk per choice, [usage], [DONE]."""
-        events: queue.Queue = queue.Queue()
-        job = _Job(ids, params, on_step=lambda t, rows, toks: events.put(("step", rows, toks)))
+        deltas as tokens are decoded, a finish_reason chunk per choice, [usage], [DONE]. A
+        client that disconnects cancels this generator, which stops its rows' decoding."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        put = lambda item: loop.call_soon_threadsafe(events.put_nowait, item)  # noqa: E731
+        job = _Job(ids, params, on_step=lambda t, rows, toks: put(("step", rows, toks)))
 
         def produce() -> None:
             batcher.submit(job).wait()
-            events.put(("error", job.error) if job.error is not None else ("done", job))
+            put(("error", job.error) if job.error is not None else ("done", job))
 
         def chunk(index: int, delta: dict, finish: str | None = None) -> str:
             body = {**head, "object": "chat.completion.chunk",
@@ -400,45 +447,50 @@ def build_app(model, tokenizer, *, name: str = "r1lab", template: str = "r1_zero
         n = params.n
         splitters = [StreamSplitter(thinking, params.stop) for _ in range(n)]
         detok = [IncrementalDetokenizer(tokenizer) for _ in range(n)]
-        for i in range(n):
-            yield chunk(i, {"role": "assistant", "content": ""})
 
-        def deltas(i: int, pair: tuple[str, str]):
-            if pair[0]:
-                yield chunk(i, {"reasoning_content": pair[0]})
-            if pair[1]:
-                yield chunk(i, {"content": pair[1]})
+        def deltas(i: int, pair: tuple[str, str]) -> list[str]:
+            return ([chunk(i, {"reasoning_content": pair[0]})] if pair[0] else []) + \
+                   ([chunk(i, {"content": pair[1]})] if pair[1] else [])
 
-        while True:
-            kind, *item = events.get()
-            if kind == "step":
-                for row, token in zip(*item, strict=True):
-                    yield from deltas(row, splitters[row].feed(detok[row].add(token)))
-            elif kind == "error":
-                exc = item[0]
-                body = {"error": {"message": f"generation failed: {type(exc).__name__}: {exc}",
-                                  "type": "server_error", "param": None, "code": None}}
-                yield f"data: {json.dumps(body)}\n\n"
-                break
-            else:
-                done = item[0]
-                for i, (out, finish) in enumerate(zip(done.texts, done.finish_reasons, strict=True)):
-                    yield from deltas(i, splitters[i].finish(out))
-                    yield chunk(i, {}, finish)
-                if include_usage:
-                    body = {**head, "object": "chat.completion.chunk", "choices": [],
-                            "usage": _usage(len(ids), done.completion_tokens)}
+        try:
+            for i in range(n):
+                yield chunk(i, {"role": "assistant", "content": ""})
+            while True:
+                kind, *item = await events.get()
+                if kind == "step":
+                    for row, token in zip(*item, strict=True):
+                        for c in deltas(row, splitters[row].feed(detok[row].add(token))):
+                            yield c
+                elif kind == "error":
+                    exc = item[0]
+                    body = {"error": {"message": f"generation failed: {type(exc).__name__}: {exc}",
+                                      "type": "server_error", "param": None, "code": None}}
                     yield f"data: {json.dumps(body)}\n\n"
-                break
-        yield "data: [DONE]\n\n"
+                    break
+                else:
+                    done = item[0]
+                    for i, (out, finish) in enumerate(zip(done.texts, done.finish_reasons, strict=True)):
+                        for c in deltas(i, splitters[i].finish(out)):
+                            yield c
+                        yield chunk(i, {}, finish)
+                    if include_usage:
+                        body = {**head, "object": "chat.completion.chunk", "choices": [],
+                                "usage": _usage(len(ids), done.completion_tokens)}
+                        yield f"data: {json.dumps(body)}\n\n"
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancel.set()  # a no-op once the job is done; else its decoding stops
 
     return app
 
 
 def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
           template: str = "auto", max_tokens: int = 1024, temperature: float = 0.6, top_p: float = 0.95,
-          device: str = "auto", threads: int | None = None, max_batch: int = 16, ready: Any = None) -> None:
-    """Load `checkpoint` (a local Hugging Face directory) and serve it until interrupted."""
+          device: str = "auto", threads: int | None = None, max_batch: int = 16, ready: Any = None,
+          api_key: str | None = None, max_request_bytes: int = 1 << 20, max_concurrent: int = 64) -> None:
+    """Load `checkpoint` (a local Hugging Face directory) and serve it until interrupted; see
+    `build_app` for the limits. Listening beyond localhost without `api_key` is warned about."""
     try:
         import uvicorn
     except ImportError as exc:
@@ -448,10 +500,11 @@ def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
 
     model, tokenizer = load_policy(ModelConfig(path=str(checkpoint), device=device, threads=threads))
     model.eval()
-    template = resolve_template(checkpoint, tokenizer, template)
+    record = serve_template(checkpoint, tokenizer, template)
     name = name or Path(checkpoint).resolve().name
-    app = build_app(model, tokenizer, name=name, template=template, max_tokens=max_tokens,
-                    temperature=temperature, top_p=top_p, max_batch=max_batch)
+    app = build_app(model, tokenizer, name=name, template=record, max_tokens=max_tokens,
+                    temperature=temperature, top_p=top_p, max_batch=max_batch, api_key=api_key,
+                    max_request_bytes=max_request_bytes, max_concurrent=max_concurrent)
     if ready is not None:
-        ready(name, template)
+        ready(name, record["template"])
     uvicorn.run(app, host=host, port=port, log_level="warning")
