@@ -11,6 +11,7 @@ from r1lab.data.tasks import generate
 from r1lab.rewards import RewardBatch
 from r1lab.rollout import RolloutBatch
 from r1lab.train.batch import Sampled, concat_sampled, loss_mask, select_groups
+from r1lab.train.distributed import World
 from r1lab.train.grpo import GRPOTrainer
 from r1lab.train.metrics import sampled_entropy
 from r1lab.train.sampling import fill_batch
@@ -152,3 +153,33 @@ def test_dynamic_sampling_judges_signal_by_accuracy_not_the_shaped_total():
     plain = fake_sampled([-0.1, -0.3, 1.0, -0.2], G=2, T=3)
     _, kept, _ = fill_batch(lambda r: plain, batch_groups=1, max_refill_rounds=0, pad_id=PAD)
     assert [r["question"] for r in kept.rows] == ["0:0"]
+
+
+def _rank_fill(world, rounds_rewards, B, G):
+    """Each rank samples its shard of every round's global batch; returns the kept questions."""
+    mine = world.shard(B)
+
+    def sample(round_):
+        rewards = rounds_rewards[round_][mine.start * G: mine.stop * G]
+        s = fake_sampled(rewards, G=G, T=3, tag=round_)
+        for i, row in enumerate(s.rows):
+            row["question"] = f"{round_}:{mine.start + i}"  # global group positions
+        return s
+
+    _, batch, extra = fill_batch(sample, batch_groups=B, max_refill_rounds=5, pad_id=PAD,
+                                 world=world)
+    return [r["question"] for r in batch.rows], extra
+
+
+def test_dynamic_sampling_keeps_the_same_groups_on_two_processes():
+    """Two gloo processes, each with half of every round's groups, keep together exactly the
+    groups (in order) that one process keeps: the choice is made over the global batch."""
+    from .dist_helpers import run_ranks
+
+    # B = 4 groups of 2 per round, groups 0-1 on rank 0, 2-3 on rank 1; round 0: groups 1, 3
+    # have signal; round 1: groups 0, 1 (both on rank 0): rank 1 keeps only round 0's group 3
+    rounds = [[1, 1, 0, 1, 0, 0, 1, 0], [0, 1, 1, 0, 1, 1, 1, 1]]
+    (q0, e0), (q1, e1) = run_ranks(_rank_fill, 2, rounds, 4, 2)
+    one, e = _rank_fill(World(), rounds, 4, 2)
+    assert one == ["0:1", "0:3", "1:0", "1:1"] and e == e0 == e1 == 1
+    assert q0 == ["0:1", "1:0", "1:1"] and q1 == ["0:3"]

@@ -18,6 +18,7 @@ from r1lab.evaluation import evaluate, paper_protocols
 from r1lab.models import load_policy
 from r1lab.train.checkpoint import resolve_resume
 from r1lab.train.common import seed_everything
+from r1lab.train.distributed import World, prepare_policy
 from r1lab.train.grpo import build_trainer  # GRPO, or PPO when the config has a critic
 
 
@@ -50,12 +51,19 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     warn = lambda msg: console.print(f"[yellow]warning:[/] {msg}", highlight=False)  # noqa: E731
     # `auto` (the pipeline's RL stages): the newest checkpoint if any, else a fresh start, silently
     start = resolve_resume("latest" if resume == "auto" else resume, out, warn) if resume else None
+    world = World.current()  # torchrun / accelerate launch: N ranks, each training whole groups
+    start = world.broadcast(start)  # rank 0's choice of checkpoint, for every rank
+    if cfg.train.strategy == "fsdp2" and world.size > 1:
+        raise ValueError("train.strategy: fsdp2 is not wired into `train grpo` yet (every rank "
+                         "would need the same number of forward passes); use ddp")
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     model, tokenizer = load_policy(cfg, seed=cfg.train.seed)
+    prepare_policy(model, cfg.train.strategy, world)  # ddp: every rank starts from rank 0's weights
     check_tokenizer(tokenizer, model, cfg)
     check_context(train_rows, tokenizer, model, cfg)  # prompt + max_new_tokens fit the model
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if world.is_main:
+        save_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     trainer = build_trainer(cfg, model, tokenizer, train_rows, out, eval_rows=heldout)
     if start is not None:
@@ -79,6 +87,8 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     result: dict[str, Any] = {"steps": trainer.step_count, "final": str(final),
                               "skipped_steps": trainer.skipped_steps,
                               "train_seconds": time.perf_counter() - t0}
+    if not world.is_main:  # rank 0 evaluates and writes the results
+        return result
     if heldout:
         result["eval"] = heldout_eval(cfg, model, tokenizer, heldout, out)
     (out / "result.json").write_text(json.dumps(result, indent=2))

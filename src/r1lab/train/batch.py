@@ -126,6 +126,10 @@ class TokenBatch:
 
     @classmethod
     def from_rollout(cls, rollout: RolloutBatch, pad_id: int, mask_truncated: bool = False) -> TokenBatch:
+        if not rollout.prompt_ids:  # a rank that kept none of its groups (DAPO) trains on none
+            empty = rollout.completion_ids.new_zeros((0, rollout.completion_ids.shape[1]))
+            mask = rollout.completion_mask[:0]
+            return cls(empty, empty.clone(), empty.clone(), 0, mask, mask, rollout.n)
         input_ids, attn, pos, L = join_prompt_completion(
             rollout.prompt_ids, rollout.completion_ids, rollout.completion_mask, pad_id)
         mask = rollout.completion_mask  # [N, T]

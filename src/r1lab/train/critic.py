@@ -76,7 +76,8 @@ class Critic:
     @torch.no_grad()
     def values(self, tokens: TokenBatch) -> Tensor:
         """V before every completion token [N, T], without gradient (they feed GAE)."""
-        return torch.cat([self._values(tokens, sl) for sl in self._slices(0, len(tokens))])
+        parts = [self._values(tokens, sl) for sl in self._slices(0, len(tokens))]
+        return torch.cat(parts) if parts else torch.zeros_like(tokens.mask)
 
     def _values(self, t: TokenBatch, sl: slice) -> Tensor:
         """Values [n, T] for rows `sl`: through the packed forward when the policy's forward is

@@ -38,7 +38,7 @@ from r1lab.train import checkpoint as ckpt
 from r1lab.train.advantages import compute_advantages
 from r1lab.train.batch import TokenBatch
 from r1lab.train.critic import Critic
-from r1lab.train.distributed import World
+from r1lab.train.distributed import World, peak_memory
 from r1lab.train.forward import Forward
 from r1lab.train.metrics import policy_entropy, sample_records, step_metrics
 from r1lab.train.progress import StepProgress
@@ -62,6 +62,7 @@ class GRPOTrainer:
         alg, r = cfg.algorithm, cfg.rollout
         # every registered name and option is resolved now, so a typo fails before any compute
         self.algorithm = resolve_algorithm(alg, cfg.critic)
+        _check_world(self.algorithm, self.world)
         self.template = TEMPLATES.get(cfg.data.template)
         rewards = RewardComposer(components=cfg.rewards.components, workers=cfg.rewards.workers,
                                  timeout_s=cfg.rewards.timeout_s)
@@ -187,6 +188,7 @@ class GRPOTrainer:
             bar.update(advance=self.step_count)
             while self.step_count < target and not stop.requested and not log.stop_reason:
                 m = self.step()
+                m.update({k: float(self.world.max(v)) for k, v in peak_memory().items()})
                 self._count_skips(m)
                 if self.step_count == 1:  # the resolved backends, recorded with the run
                     m.update({f"backend/{k}": v for k, v in _backend(self.cfg).items()})
@@ -293,6 +295,22 @@ def _timed(seconds: dict[str, float], name: str):
         yield
     finally:
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+
+
+def _check_world(alg, world: World) -> None:
+    """Statistics over the whole batch are per rank in a multi-process step: refuse them rather
+    than silently train on something one process would not compute."""
+    if world.size == 1:
+        return
+    from r1lab.config import ConfigError
+
+    opts = alg.advantage.options
+    if opts.get("scale") == "batch":
+        raise ConfigError("algorithm.scale_rewards: 'batch' (the std of the whole batch) is not "
+                          f"supported across processes yet ({world.size} here); use 'group'")
+    if opts.get("whiten"):
+        raise ConfigError("critic.whiten: batch whitening of GAE advantages is not supported "
+                          f"across processes yet ({world.size} here); set critic.whiten: false")
 
 
 def _backend(cfg: RunConfig) -> dict[str, Any]:

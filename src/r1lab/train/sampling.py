@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
+
 from r1lab.algorithms import zero_signal_groups
 from r1lab.rollout import SamplingParams
 from r1lab.train.batch import Sampled, concat_sampled, select_groups
@@ -129,45 +131,55 @@ class PlainSampling:
 
 
 class DynamicSampling(PlainSampling):
-    """DAPO's dynamic sampling around `sampler`: rounds until `batch_groups` groups with signal."""
+    """DAPO's dynamic sampling around `sampler`: rounds until B groups with signal are kept.
+
+    Which groups are kept is decided over the global batch (each rank's signal flags are summed
+    over the world), so N processes keep the groups one process would."""
 
     def __init__(self, sampler: GroupSampler, *, max_refill_rounds: int, pad_id: int) -> None:
         super().__init__(sampler)
         self.max_refill_rounds, self.pad_id = max_refill_rounds, pad_id
 
     def __call__(self, step: int) -> Drawn:
-        self.sampler.seconds = {"generate": 0.0, "reward": 0.0}
-        groups = len(self.sampler.world.shard(self.sampler.batch_size))
-        first, batch, refills = fill_batch(lambda r: self.sampler(step, r), batch_groups=groups,
+        s = self.sampler
+        s.seconds = {"generate": 0.0, "reward": 0.0}
+        first, batch, refills = fill_batch(lambda r: s(step, r), batch_groups=s.batch_size,
                                            max_refill_rounds=self.max_refill_rounds,
-                                           pad_id=self.pad_id)
-        return Drawn(batch, first, refills, dict(self.sampler.seconds), dynamic=True)
+                                           pad_id=self.pad_id, world=s.world)
+        return Drawn(batch, first, refills, dict(s.seconds), dynamic=True)
 
 
 def fill_batch(
     sample: Callable[[int], Sampled], *, batch_groups: int, max_refill_rounds: int, pad_id: int,
+    world: World | None = None,
 ) -> tuple[Sampled, Sampled, int]:
     """DAPO dynamic sampling -> (first round as sampled, batch to train on, extra rounds used).
 
-    `sample(round)` draws B fresh prompts and their G completions. Groups with signal (values of
-    `Sampled.signal`, DAPO's accuracy, or else the total rewards, not all equal) are kept round
-    after round until `batch_groups` are kept (the surplus of the last round is dropped) or
+    `sample(round)` draws B = `batch_groups` fresh prompts (this rank's shard of them, `World`)
+    and their G completions. Groups with signal (values of `Sampled.signal`, DAPO's accuracy, or
+    else the total rewards, not all equal) are kept round after round, in global batch order,
+    until `batch_groups` are kept (the surplus of the last round is dropped) or
     `max_refill_rounds` extra rounds are spent.
     """
+    world = world or World()
+    offset = world.shard(batch_groups).start  # my groups' first position in the global batch
     first = sample(0)
     kept: list[Sampled] = []
     count, rounds, current = 0, 0, first
     while True:
         values = current.rewards if current.signal is None else current.signal
-        signal = ~zero_signal_groups(values, current.rollout.n)[:: current.rollout.n]
-        groups = signal.nonzero().flatten().tolist()[: batch_groups - count]
-        if groups:
-            kept.append(select_groups(current, groups))
-            count += len(groups)
+        local = ~zero_signal_groups(values, current.rollout.n)[:: current.rollout.n]  # [b]
+        mine = range(offset, offset + len(local))
+        flags = torch.zeros(max(batch_groups, mine.stop), dtype=torch.float64)
+        flags[mine.start:mine.stop] = local.double()
+        chosen = world.sum(flags).nonzero().flatten().tolist()[: batch_groups - count]  # global
+        kept.append(select_groups(current, [g - offset for g in chosen if g in mine]))
+        count += len(chosen)
         if count >= batch_groups or rounds >= max_refill_rounds:
             break
         rounds += 1
         current = sample(rounds)
-    if not kept:  # every group of every round was zero-signal: train on the first round, as
+    if count == 0:  # every group of every round was zero-signal: train on the first round, as
         return first, first, rounds  # plain GRPO would (its advantages are all 0)
+    kept = [k for k in kept if k.num_groups] or kept[:1]  # a rank may keep none of its groups
     return first, concat_sampled(kept, pad_id), rounds
