@@ -318,6 +318,11 @@ class PipelineConfig(Section):
     teacher: str | None = Field(
         None, description="`r1lab distill`: the teacher checkpoint (a local HF directory); "
         "`model` is the student")
+    general_sft: str | None = Field(
+        None, description="non-reasoning (prompt, completion) rows (writing, QA, role-play) mixed "
+        "into the rejection-sampling SFT")
+    general_sft_ratio: float = Field(
+        1 / 3, ge=0.0, description="general rows per rejection-sampled row (R1: 200k to 600k)")
     overrides: dict[str, list[str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

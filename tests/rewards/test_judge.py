@@ -148,3 +148,33 @@ def test_route_sends_rows_without_gold_to_the_judge(judge_server):
     assert [m["route/judged"] for m in batch.per_sample_metrics] == [False, False, True, True]
     assert route("<answer>4</answer>", {"answer": "4"}).metrics["judged"] is False
     assert json.dumps(batch.metrics)  # plain numbers, ready for metrics.jsonl
+
+
+def test_rejection_sampling_asks_the_judge_for_rows_without_gold(tmp_path, judge_ckpt):
+    """R1's stage 3: rows with a gold answer are kept when correct; rows without one when the
+    judge's verdict reaches the threshold (here the judge always says 7/10)."""
+    from r1lab.config import RunConfig
+    from r1lab.pipeline.reject import run_sample
+
+    src = tmp_path / "mixed.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": "12+30", "answer": "42"}, {"question": "write a haiku"},
+        {"question": "5+5", "answer": "10"}, {"question": "say hello", "answer": ""}]))
+    judge_kwargs = {"model_path": str(judge_ckpt), "rubric": RUBRIC}
+    cfg = RunConfig.model_validate({
+        "model": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
+                           "intermediate_size": 64, "max_position_embeddings": 128}},
+        "data": {"source": str(src)}, "rollout": {"max_new_tokens": 8},
+        "rewards": {"components": [{"name": "route", "kwargs": {"model_kwargs": judge_kwargs}}]},
+        "reject": {"samples_per_prompt": 3, "keep_per_prompt": 1, "min_scores": {"route": 0.7}},
+        "log": {"progress": False}})
+    summary = run_sample(cfg, tmp_path / "out")
+    samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    by_q = {q: [s for s in samples if s["question"] == q] for q in ("12+30", "write a haiku", "5+5", "say hello")}
+    for q in ("write a haiku", "say hello"):
+        assert [s["rewards"]["route"] for s in by_q[q]] == [0.7] * 3 and all(s["passed"] for s in by_q[q])
+    for q, gold in (("12+30", "42"), ("5+5", "10")):  # the untrained policy: kept only if right
+        assert all(s["passed"] == (f"<answer>{gold}</answer>" in s["completion"]) for s in by_q[q])
+    assert summary["judged_prompts"] == 2 and summary["samples"] == 12
+    kept = [json.loads(line) for line in (tmp_path / "out" / "sft.jsonl").read_text().splitlines()]
+    assert {"write a haiku", "say hello"} <= {k["question"] for k in kept}

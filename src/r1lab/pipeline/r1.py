@@ -6,7 +6,9 @@
 2. **reasoning_rl**: GRPO with rule-based rewards from the cold-start checkpoint;
 3. **rejection_sampling** with the stage-2 policy (`r1lab sample`: keep what is correct), then
    **rejection_sft**: SFT on those samples, of the base model (as R1 fine-tunes DeepSeek-V3-Base)
-   or of the RL checkpoint (`pipeline.rejection_sft_from`);
+   or of the RL checkpoint (`pipeline.rejection_sft_from`), with non-reasoning rows mixed in
+   (`pipeline.general_sft`: writing, QA, role-play (prompt, completion) rows, at
+   `pipeline.general_sft_ratio` general rows per kept reasoning row; R1: 200k to 600k);
 4. **all_scenario_rl**: GRPO again from the stage-3 checkpoint (in R1 with helpfulness and
    harmlessness rewards besides the rule-based ones: set them with `pipeline.overrides`).
 
@@ -92,6 +94,46 @@ def cold_start_source(cfg: RunConfig, out: Path) -> str:
     return str(path)
 
 
+def mix_general(reasoning: list[dict[str, Any]], general: list[dict[str, Any]], ratio: float,
+                seed: int) -> list[dict[str, Any]]:
+    """The rejection-sampled rows plus round(ratio * len(reasoning)) general rows (drawn without
+    replacement while they last, then again), shuffled together, reproducibly from `seed`.
+
+    >>> rows = mix_general([{"q": "r1"}, {"q": "r2"}, {"q": "r3"}, {"q": "r4"}], [{"q": "g1"}], 0.5, 0)
+    >>> sorted(r["q"] for r in rows)
+    ['g1', 'g1', 'r1', 'r2', 'r3', 'r4']
+    """
+    import random
+
+    rng = random.Random(f"general_sft:{seed}")
+    want = round(ratio * len(reasoning))
+    picked: list[dict[str, Any]] = []
+    while general and len(picked) < want:
+        picked += rng.sample(general, min(len(general), want - len(picked)))
+    rows = reasoning + picked
+    rng.shuffle(rows)
+    return rows
+
+
+def sft_mixture(cfg: RunConfig, kept: str, out: Path) -> str:
+    """The rejection SFT's data file: `kept` as it is, or, with `pipeline.general_sft`, the kept
+    rows mixed with the general rows (`mix_general`) in `OUT/rejection_sft_mix.jsonl`."""
+    p = cfg.pipeline
+    if not p.general_sft:
+        return kept
+    from r1lab.data.loading import load_rows
+
+    fields = (cfg.data.prompt_field, cfg.sft.completion_field)
+    general = load_rows(p.general_sft, required=fields)  # DataError names file:line
+    reasoning = load_rows(kept, required=fields)
+    rows = mix_general(reasoning, general, p.general_sft_ratio, cfg.train.seed)
+    path = out / "rejection_sft_mix.jsonl"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    return str(path)
+
+
 def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
     """Run (or finish) the four stages; returns {stage: its result} and writes summary.json.
     With a synthetic task as `data.source`, the SFT stages are evaluated on its held-out split
@@ -128,7 +170,7 @@ def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) 
         raise ValueError(f"rejection sampling kept no sample (pass rate {sampled['pass_rate']:.3f}"
                          f" over {sampled['samples']} samples): lower reject.min_scores, raise "
                          "reject.samples_per_prompt, or train the reasoning_rl stage longer")
-    stage(3, "rejection_sft", sft, **base, **{"data.source": sampled["sft"]})
+    stage(3, "rejection_sft", sft, **base, **{"data.source": sft_mixture(cfg, sampled["sft"], out)})
     stage(4, "all_scenario_rl", grpo, **{"model.path": stage.results["rejection_sft"]["final"]})
     results = stage.finish()
     evaluated = {n: r["eval"] for n, r in results.items() if r.get("eval")}
