@@ -94,10 +94,7 @@ class GroupSampler:
         picked = self.order.take(self.batch_size)  # the global batch, as every rank sees it
         mine = self.world.shard(len(picked))  # this rank's whole groups
         rows = [self.rows[picked[i]] for i in mine]
-        if "seeds" in SamplingParams.__dataclass_fields__:  # TEMP until the samplers take seeds
-            params = replace(self.params, seeds=prompt_seeds(self.seed, step, round_, mine))
-        else:
-            params = replace(self.params, seed=self.seed * 1_000_003 + step + (round_ << 32))
+        params = replace(self.params, seeds=prompt_seeds(self.seed, step, round_, mine))
         t0 = time.perf_counter()
         rollout = self.engine.generate(self.encode(rows), params)
         t1 = time.perf_counter()
