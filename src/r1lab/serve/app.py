@@ -237,7 +237,7 @@ class Batcher:
         self.sampler, self.max_prompts, self.window_s = sampler, max(1, max_prompts), window_s
         self.pending: collections.deque[_Job] = collections.deque()
         self.cv = threading.Condition()
-        self.stats = {"requests": 0, "cancelled": 0, "running": 0}
+        self.stats = {"requests": 0, "cancelled": 0, "running": 0, "tokens": 0}
         threading.Thread(target=self._loop, name="r1lab-serve-batcher", daemon=True).start()
 
     def submit(self, job: _Job) -> _Job:
@@ -307,6 +307,7 @@ class Batcher:
             out = self.sampler.generate([j.ids for j in jobs], jobs[0].params,
                                         on_step=on_step if any(streaming) else None)
             lengths = out.lengths.tolist()
+            self.stats["tokens"] += int(sum(lengths))
             for j, job in enumerate(jobs):
                 rows = slice(j * n, (j + 1) * n)
                 job.texts, job.finish_reasons = out.texts[rows], out.finish_reasons[rows]
