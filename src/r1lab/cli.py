@@ -21,6 +21,10 @@ console = Console()
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value: section.key=value")]  # noqa: UP045
 
 
+PlanOpt = Annotated[bool, typer.Option("--plan", help="print what the run will do (r1lab plan) and exit")]
+NprocOpt = Annotated[Optional[int], typer.Option(help="processes the run will use (default: $WORLD_SIZE or 1)")]  # noqa: UP045
+
+
 def _fail(exc: Exception) -> None:
     console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(2)
@@ -49,6 +53,33 @@ def _run(run, config: Path, set_: list[str] | None, out: Path, parallel: bool = 
         return run(cfg, out, console=console, **kwargs)
     except (ValueError, FileNotFoundError, KeyError) as exc:  # ConfigError, DataError included
         _fail(exc)
+
+
+def _print_plan(config: Path, set_: list[str] | None, command: str, nproc: int | None) -> None:
+    from r1lab.config import load_config
+    from r1lab.plan import build_plan, render, world_size
+
+    try:
+        cfg = load_config(config, set_)
+        plan = build_plan(cfg, command, world_size(nproc))
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(exc)
+    for part in render(plan, cfg):
+        console.print(part, highlight=False)
+
+
+@app.command("plan")
+def plan_(
+    config: Annotated[Path, typer.Argument(help="YAML config")],
+    set_: SetOpt = None,
+    nproc: NprocOpt = None,
+    command: Annotated[str, typer.Option(help="the run to plan: grpo (PPO with a critic) or sft")] = "grpo",
+) -> None:
+    """What a run will do, before it starts (no model loaded): batch per optimiser step, globally
+    and per process; off-policy degree; chosen functions; reference model; memory; no-op settings."""
+    if command not in ("grpo", "sft"):
+        _fail(ValueError(f"--command: grpo or sft, not {command!r}"))
+    _print_plan(config, set_, command, nproc)
 
 
 @app.command()
@@ -80,8 +111,12 @@ def train_grpo(
     set_: SetOpt = None,
     resume: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="continue a run: bare --resume = the newest valid checkpoint of --out, or a path")] = None,
+    plan: PlanOpt = False,
+    nproc: NprocOpt = None,
 ) -> None:
     """GRPO on any local Hugging Face causal LM and any prompt dataset."""
+    if plan:
+        return _print_plan(config, set_, "grpo", nproc)
     from r1lab.pipeline.run import run_grpo
 
     result = _run(run_grpo, config, set_, out, parallel=True, resume=resume)
@@ -94,8 +129,12 @@ def train_sft(
     config: Annotated[Path, typer.Argument(help="YAML config (data.source, sft:, model:)")],
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/sft"),
     set_: SetOpt = None,
+    plan: PlanOpt = False,
+    nproc: NprocOpt = None,
 ) -> None:
     """Supervised fine-tuning on (prompt, completion) rows: cold start, post-rejection SFT, distillation."""
+    if plan:
+        return _print_plan(config, set_, "sft", nproc)
     from r1lab.pipeline.sft import run_sft
 
     _run(run_sft, config, set_, out)

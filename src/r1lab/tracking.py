@@ -172,7 +172,9 @@ def _yaml(config: dict[str, Any]) -> str:
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """>>> _flat({"a": {"b": 1}, "c": 2})
+    """A nested dict flattened to dotted keys.
+
+    >>> _flat({"a": {"b": 1}, "c": 2})
     {'a.b': 1, 'c': 2}
     """
     out: dict[str, Any] = {}
