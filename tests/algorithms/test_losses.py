@@ -149,7 +149,7 @@ def test_value_loss_clipped_and_plain() -> None:
     torch.testing.assert_close(plain.detach(), torch.tensor([[0.0, 0.245, 2.0]]))
 
 
-@pytest.mark.parametrize("name", ["clip", "dual_clip", "gspo", "pg"])
+@pytest.mark.parametrize("name", ["clip", "dual_clip", "gspo", "cispo", "pg"])
 def test_every_loss_keeps_the_contract(name: str) -> None:
     torch.manual_seed(1)
     logp = (-torch.rand(4, 6)).requires_grad_(True)
@@ -160,3 +160,15 @@ def test_every_loss_keeps_the_contract(name: str) -> None:
     assert "approx_kl" in metrics
     AGGREGATIONS.get("token_mean")(loss, mask).backward()
     assert torch.isfinite(logp.grad).all()
+
+
+def test_cispo_keeps_the_gradient_of_clipped_tokens() -> None:
+    """Ratios 2 and 0.5 with A = +1 / -1: PPO's clip zeroes both tokens' gradients, CISPO scales
+    them by the clipped weight: d/dlogp of -sg[w] * A * logp = -w * A (w = 1.2 and 0.8)."""
+    old = torch.zeros(1, 2)
+    adv = torch.tensor([[1.0, -1.0]])
+    for name, expected in [("clip", [0.0, 0.0]), ("cispo", [-1.2, 0.8])]:
+        logp = torch.log(torch.tensor([[2.0, 0.5]])).requires_grad_(True)
+        loss, _ = POLICY_LOSSES.get(name)(logp, old, adv, torch.ones(1, 2))
+        loss.sum().backward()
+        assert logp.grad[0].tolist() == pytest.approx(expected, abs=1e-6), name
