@@ -86,3 +86,7 @@ def test_trl_preset_is_trl_defaults():
         trl["learning_rate"], trl["weight_decay"], trl["adam_beta1"], trl["adam_beta2"],
         trl["max_grad_norm"])
     assert opt.warmup_steps == trl["warmup_steps"] == 0
+    # TRL features r1lab does not have must be off by default for the preset to equal TRL
+    assert trl["entropy_coef"] == 0.0 and trl["use_adaptive_entropy"] is False
+    assert trl["top_entropy_quantile"] == 1.0 and trl["off_policy_mask_threshold"] is None
+    assert trl["sync_ref_model"] is False and trl["use_vllm"] is False  # no vLLM IS correction

@@ -111,8 +111,11 @@ class PolicyUpdate:
             self.optimizer.step()
         self.scheduler.step()
         self.model.eval()
-        out = {k: float(v) for k, v in zip(summed, self.world.sum(torch.tensor(list(summed.values()),
-                                                                                dtype=torch.float64)))}
+        # a rank whose completions were all inert has no loss metrics: reduce the union of keys
+        keys = sorted(set().union(*self.world.gather(sorted(summed)))) if self.world.size > 1 \
+            else list(summed)
+        totals = self.world.sum(torch.tensor([summed.get(k, 0.0) for k in keys], dtype=torch.float64))
+        out = {k: float(v) for k, v in zip(keys, totals)}
         out["loss"] = total_loss
         out["grad_norm"] = sum(grad_norms) / len(starts)
         if skipped:
