@@ -352,6 +352,11 @@ class EvalConfig(Section):
     greedy: bool = True
     every: int = Field(0, ge=0, description="evaluate during training every N steps; 0 = off")
     max_new_tokens: int | None = None
+    benchmarks: list[str] = Field(
+        default_factory=list, description="`r1lab eval`: benchmark files (any data.format), one "
+        "table each; empty = the run's held-out rows (else its data rows)")
+    contamination_ngram: int = Field(
+        13, ge=1, description="word n-gram length of the training-vs-benchmark overlap check")
 
 
 class LogConfig(Section):
@@ -417,6 +422,14 @@ class RunConfig(Section):
     scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _tie_lengths(self) -> RunConfig:
+        """Length rewards' max_length follows rollout.max_new_tokens unless set (rewards.length)."""
+        from r1lab.rewards.length import tie_lengths
+
+        tie_lengths(self)
+        return self
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> RunConfig:  # type: ignore[override]

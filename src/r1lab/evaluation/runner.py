@@ -3,7 +3,8 @@
 DeepSeek-R1 reports pass@1 as the mean correctness over k samples per problem at temperature
 0.6 and top-p 0.95 (greedy decoding repeats itself on long reasoning), and cons@64 as majority
 vote over 64 samples. A `Protocol` is one such setting; `evaluate` runs several and returns, for
-each, pass@1, cons@k, unbiased pass@k, the share of completions that think and their mean length.
+each, pass@1 with a 95% bootstrap interval over problems (seeded), cons@k, unbiased pass@k, the
+share of completions that think and their mean length.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from r1lab.config import EvalConfig
-from r1lab.evaluation.metrics import majority_vote, pass_at_k
+from r1lab.evaluation.metrics import bootstrap_ci, majority_vote, pass_at_k
 from r1lab.rewards import get_reward
 from r1lab.rollout import SamplingParams, build_engine
 from r1lab.train.common import thinks
@@ -67,15 +68,18 @@ def evaluate(
                 answers.append([s.metrics.get("extracted_answer") for s in scores])
                 texts += group
         n = len(rows)
+        per_problem_pass1 = [sum(c) / len(c) for c in correct]
         results[proto.name] = {
             **asdict(proto),
-            "pass1": sum(sum(c) / len(c) for c in correct) / n,
+            "pass1": sum(per_problem_pass1) / n,
+            "pass1_ci": list(bootstrap_ci(per_problem_pass1, seed=seed)),
             f"cons@{proto.k}": sum(majority_vote(a, c) for a, c in zip(answers, correct)) / n,
             f"pass@{proto.k}": sum(pass_at_k(len(c), sum(c), len(c)) for c in correct) / n,
             "think_rate": sum(thinks(t) for t in texts) / len(texts),
             "mean_len": sum(lengths) / len(lengths),
             "seconds": time.perf_counter() - t0,
-            "samples": [{"problem": rows[i].get("question"), "answer": rows[i].get("answer"),
+            "samples": [{"problem": rows[i].get("prompt", rows[i].get("question")),
+                         "answer": rows[i].get("answer"),
                          "completion": texts[i * proto.k], "correct": correct[i][0]}
                         for i in range(min(5, n))],
         }
