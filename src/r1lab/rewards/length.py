@@ -68,3 +68,33 @@ def cosine_length(
     progress = min(_length(completion, row) / max_length, 1.0)
     value = lo + 0.5 * (hi - lo) * (1.0 + math.cos(progress * math.pi))
     return Score(value, {"correct": correct})
+
+
+#: the rewards whose `max_length` is a completion length, tied to `rollout.max_new_tokens`
+LENGTH_REWARDS = ("overlong", "cosine_length")
+
+
+def tie_lengths(cfg: Any) -> None:
+    """Fill in length rewards' `max_length` from `rollout.max_new_tokens` where the config does
+    not set it (and, for `overlong`, `cache_length` as `max_length // 5`: DAPO's 4,096 of
+    20,480), so lowering `max_new_tokens` moves them too; a cache as long as the limit is an
+    error. Called when a RunConfig is validated; the filled-in values are saved with the run.
+
+    >>> from types import SimpleNamespace as NS
+    >>> comp = NS(name="overlong", kwargs={})
+    >>> tie_lengths(NS(rollout=NS(max_new_tokens=1000), rewards=NS(components=[comp])))
+    >>> comp.kwargs
+    {'max_length': 1000, 'cache_length': 200}
+    """
+    for i, comp in enumerate(cfg.rewards.components):
+        if comp.name not in LENGTH_REWARDS:
+            continue
+        kw = comp.kwargs
+        if "max_length" not in kw:
+            kw["max_length"] = cfg.rollout.max_new_tokens
+            if comp.name == "overlong":
+                kw.setdefault("cache_length", max(1, kw["max_length"] // 5))
+        if comp.name == "overlong" and kw.get("cache_length", 512) >= kw["max_length"]:
+            raise ValueError(f"rewards.components.{i}.kwargs.cache_length: {kw.get('cache_length', 512)} "
+                             f"is not below max_length {kw['max_length']} (the soft punishment would "
+                             "start before any completion)")
