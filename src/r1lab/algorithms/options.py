@@ -26,6 +26,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from r1lab.algorithms.advantages import ADVANTAGES
@@ -141,7 +142,7 @@ def choose(kind: str, name: str, settings: Mapping[str, tuple[Any, bool]],
     ``settings`` maps a config key to ``(value, set_by_user)``; only keys of ``OPTIONS`` for
     this kind are looked at. ``extra`` are parameter values passed when the function takes them.
 
-    >>> choose("loss", "pg", {"eps_low": (0.2, False)}).options  # a default: dropped
+    >>> dict(choose("loss", "pg", {"eps_low": (0.2, False)}).options)  # a default: dropped
     {}
     >>> choose("loss", "pg", {"eps_low": (0.2, True)})
     Traceback (most recent call last):
@@ -169,7 +170,7 @@ def choose(kind: str, name: str, settings: Mapping[str, tuple[Any, bool]],
     if missing:
         raise OptionError(name_key, f"the {_described(kind, name)} needs {', '.join(missing)}, "
                                     f"which no input of a {kind} function and no option gives")
-    return Chosen(kind, name, fn, options)
+    return Chosen(kind, name, fn, MappingProxyType(options))  # read-only: the run's settings
 
 
 def option_keys(kind: str, name: str) -> list[str]:
