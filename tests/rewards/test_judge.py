@@ -140,8 +140,8 @@ def test_a_local_judge_model_gives_the_same_verdict(judge_ckpt):
 def test_route_sends_rows_without_gold_to_the_judge(judge_server):
     judge_kwargs = {"url": judge_server, "rubric": RUBRIC}
     comp = RewardComposer([{"name": "route", "kwargs": {"model_kwargs": judge_kwargs}}])
-    rows = [{"question": "2+2", "answer": "4"}, {"question": "2+2", "answer": "4"},
-            {"question": "write a haiku", "answer": ""}, {"question": "be kind"}]
+    rows = [{"prompt": "2+2", "answer": "4"}, {"prompt": "2+2", "answer": "4"},
+            {"prompt": "write a haiku", "answer": ""}, {"prompt": "be kind"}]
     batch = comp(["<answer>4</answer>", "<answer>5</answer>", "<answer>old pond</answer>", "ok"], rows)
     assert batch.components["route"] == [1.0, 0.0, 0.7, 0.7]
     assert batch.metrics["route/judged_rate"] == 0.5 and batch.errors == 0

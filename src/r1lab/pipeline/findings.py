@@ -54,7 +54,7 @@ def sample_heldout(model, tokenizer, rows: Sequence[dict[str, Any]], cfg: RunCon
     k = k or cfg.eval.k
     template = TEMPLATES.get(cfg.data.template)
     engine = build_engine(cfg.rollout.engine, model, tokenizer)
-    ids = tokenizer([template(r[cfg.data.prompt_field], tokenizer) for r in rows])["input_ids"]
+    ids = tokenizer([template(r["prompt"], tokenizer) for r in rows])["input_ids"]
     out: list[tuple[dict[str, Any], str]] = []
     per_call = max(1, 256 // k)
     for start in range(0, len(rows), per_call):
@@ -115,7 +115,7 @@ def caught_slip(pairs: Sequence[tuple[dict[str, Any], str]]) -> dict[str, str] |
     accuracy = get_reward("accuracy")
     for row, c in pairs:
         if ",wait," in c and accuracy(c, row).value >= 1.0:
-            return {"question": row["question"], "answer": row["answer"], "completion": c}
+            return {"question": row["prompt"], "answer": row["answer"], "completion": c}
     return None
 
 
@@ -128,6 +128,26 @@ def _rl(cfg: RunConfig, model, tokenizer, train_rows, out: Path) -> float:
     trainer.fit()
     trainer.save(out / "rl")
     return time.perf_counter() - t
+
+
+def _base(cfg: RunConfig, seed: int, out: Path, console: Console):
+    """The pre-trained base: `out/base` when an earlier run of this config and seed finished
+    pre-training there (`base.json` says so), else pre-trained now. Reseeded afterwards either
+    way, so what follows does not depend on which it was."""
+    from r1lab.config import ModelConfig
+    from r1lab.models import load_policy
+    from r1lab.pipeline.demo import pretrain_base
+
+    what = {"seed": seed, **json.loads(cfg.model_dump_json(include={"model", "data", "pretrain"}))}
+    marker = out / "base.json"
+    if marker.is_file() and json.loads(marker.read_text()) == what:
+        console.print(f"[dim]base pre-trained before with this config: {out / 'base'}[/]")
+        model, tokenizer = load_policy(ModelConfig(path=str(out / "base"), threads=cfg.model.threads))
+    else:
+        model, tokenizer = pretrain_base(cfg, seed, out, console)
+        marker.write_text(json.dumps(what, indent=2))
+    seed_everything(seed, cfg.train.deterministic)
+    return model, tokenizer
 
 
 def _start(cfg: RunConfig, out_dir: str | Path, seed: int):
@@ -147,15 +167,13 @@ def _start(cfg: RunConfig, out_dir: str | Path, seed: int):
 @SCENARIOS.register("reflection")
 def run_reflection(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Console | None = None) -> dict[str, Any]:
     """Self-verification: base vs RL policy on held-out problems, reflection curve, aha step."""
-    from r1lab.pipeline.demo import pretrain_base
-
     console = console or Console()
     wall0 = time.perf_counter()
     cfg, out, train_rows, heldout = _start(cfg, out_dir, seed)
     timings: dict[str, float] = {}
     console.rule("[bold]1/4 pre-training the base (some solutions slip, a few check themselves)")
     t = time.perf_counter()
-    model, tokenizer = pretrain_base(cfg, seed, out, console)
+    model, tokenizer = _base(cfg, seed, out, console)
     timings["pretrain"] = time.perf_counter() - t
     console.rule("[bold]2/4 the base on held-out problems")
     t = time.perf_counter()
@@ -194,8 +212,6 @@ def run_reflection(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: 
 @SCENARIOS.register("language")
 def run_language(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Console | None = None) -> dict[str, Any]:
     """Language mixing: R1-Zero vs R1-Zero + language consistency, from the same base."""
-    from r1lab.pipeline.demo import pretrain_base
-
     console = console or Console()
     wall0 = time.perf_counter()
     cfg, out, train_rows, heldout = _start(cfg, out_dir, seed)
@@ -204,7 +220,7 @@ def run_language(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Co
     timings: dict[str, float] = {}
     console.rule("[bold]1/4 pre-training the base (some solutions switch alphabet mid-way)")
     t = time.perf_counter()
-    model, tokenizer = pretrain_base(cfg, seed, out, console)
+    model, tokenizer = _base(cfg, seed, out, console)
     timings["pretrain"] = time.perf_counter() - t
     base = behaviour(sample_heldout(model, tokenizer, heldout, cfg, seed=seed))
     results = {}

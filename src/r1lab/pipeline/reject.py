@@ -12,8 +12,8 @@ most `reject.keep_per_prompt` distinct completions are kept. Written to the run 
 
 Rows no rule can check (writing, QA, role-play: no gold answer) are sampled too when the run has
 a reward that needs no gold: `judge` (a judge LM, R1's DeepSeek-V3 verdict), `route` (rules
-where a gold exists, the judge where not) or `reward_model`. A file source then needs only the
-prompt field; `summary.json` counts the rows without gold (`judged_prompts`).
+where a gold exists, the judge where not) or `reward_model`; `summary.json` counts the rows
+without gold (`judged_prompts`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from typing import Any
 from rich.console import Console
 
 from r1lab.config import ConfigError, RunConfig, save_config
-from r1lab.data.loading import load_rows
 from r1lab.data.templates import encode_prompts
 from r1lab.data.validate import check_config, check_context, check_tokenizer
 from r1lab.models import load_policy
@@ -36,22 +35,9 @@ from r1lab.rollout import SamplingParams, build_engine
 from r1lab.train.common import JsonlWriter, seed_everything
 from r1lab.train.progress import StepProgress
 
-#: rewards that score a row without a gold answer
-GOLD_FREE = ("judge", "route", "reward_model")
 
-
-def sample_rows(cfg: RunConfig) -> list[dict[str, Any]]:
-    """The prompts to sample: the training split of a synthetic task, or a file's rows; when a
-    reward in `GOLD_FREE` is configured, file rows need only `data.prompt_field` (a row without
-    a gold answer is scored by that reward)."""
-    d = cfg.data
-    if d.source.startswith("synthetic:") or not any(c.name in GOLD_FREE for c in cfg.rewards.components):
-        return load_prompt_rows(cfg)[0]
-    return load_rows(d.source, required=(d.prompt_field,))
-
-
-def has_gold(row: dict[str, Any], answer_field: str) -> bool:
-    gold = row.get(answer_field)
+def has_gold(row: dict[str, Any]) -> bool:
+    gold = row.get("answer")
     return gold is not None and bool(str(gold).strip())
 
 
@@ -60,7 +46,7 @@ def run_sample(cfg: RunConfig, out_dir: str | Path, console: Console | None = No
     console = console or Console()
     d, r, ro = cfg.data, cfg.reject, cfg.rollout
     check_config(cfg)
-    rows = sample_rows(cfg)[: r.num_prompts]
+    rows = load_prompt_rows(cfg)[0][: r.num_prompts]
     rewards = RewardComposer(cfg.rewards.components, workers=cfg.rewards.workers,
                              timeout_s=cfg.rewards.timeout_s)
     unknown = sorted(set(r.min_scores) - set(rewards.labels))
@@ -116,7 +102,7 @@ def run_sample(cfg: RunConfig, out_dir: str | Path, console: Console | None = No
     summary = {"prompts": len(rows), "samples": len(rows) * n,
                "pass_rate": passed / max(1, len(rows) * n), "kept_rows": kept_rows,
                "prompts_covered": covered,
-               "judged_prompts": sum(not has_gold(row, d.answer_field) for row in rows),
+               "judged_prompts": sum(not has_gold(row) for row in rows),
                "seconds": time.perf_counter() - t0,
                "sft": str(out / "sft.jsonl")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -214,7 +214,7 @@ def get_judge(**settings: Any) -> Judge:
 
 
 @REWARDS.register("judge")
-def judge(completion: str, row: dict, prompt_key: str = "question", **settings: Any) -> Score:
+def judge(completion: str, row: dict, prompt_key: str = "prompt", **settings: Any) -> Score:
     """The judge's verdict on `row[prompt_key]` answered by `completion`, in [0, 1]; settings
     as `Judge` (url or model_path, model, rubric, scale, max_tokens, timeout_s, api_key_env)."""
     return get_judge(**settings)(str(row.get(prompt_key, "")), completion)
