@@ -37,6 +37,7 @@ from r1lab.algorithms.metrics import (
     approx_kl,
     clip_fractions,
     entropy_from_logits,
+    sequence_clip_fractions,
     zero_signal_groups,
 )
 from r1lab.algorithms.mismatch import ROLLOUT_CORRECTIONS, mismatch_kl
@@ -74,6 +75,7 @@ __all__ = [
     "masked_mean",
     "masked_sum",
     "masked_whiten",
+    "sequence_clip_fractions",
     "value_loss",
     "zero_signal_groups",
 ]
