@@ -84,7 +84,32 @@ static inline void queries_into(const float *xb, long W, int i0, int nq, int h, 
  * 16), keys from KT [D][Sp]; s rows have stride Sp */
 static inline __attribute__((always_inline)) void block_scores(
     const float *a, long arow, const float *KT, int Sp, int D, int nk, float scale, float *s) {
-    for (int c = 0; c < nk; c += 16) {
+    int c = 0;
+    for (; c + 32 <= nk; c += 32) {  /* 32 keys: 8 accumulators, 2 loads per 4 broadcasts */
+        v16 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
+        v16 acc4 = {0}, acc5 = {0}, acc6 = {0}, acc7 = {0};
+        for (int d = 0; d < D; d++) {
+            const v16 k = LD(KT + (long)d * Sp + c), k2 = LD(KT + (long)d * Sp + c + 16);
+            const float a0 = a[d], a1 = a[arow + d], a2 = a[2 * arow + d], a3 = a[3 * arow + d];
+            acc0 += a0 * k;
+            acc1 += a1 * k;
+            acc2 += a2 * k;
+            acc3 += a3 * k;
+            acc4 += a0 * k2;
+            acc5 += a1 * k2;
+            acc6 += a2 * k2;
+            acc7 += a3 * k2;
+        }
+        ST(s + c, acc0 * scale);
+        ST(s + Sp + c, acc1 * scale);
+        ST(s + 2 * Sp + c, acc2 * scale);
+        ST(s + 3 * Sp + c, acc3 * scale);
+        ST(s + c + 16, acc4 * scale);
+        ST(s + Sp + c + 16, acc5 * scale);
+        ST(s + 2 * Sp + c + 16, acc6 * scale);
+        ST(s + 3 * Sp + c + 16, acc7 * scale);
+    }
+    for (; c < nk; c += 16) {
         v16 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
         for (int d = 0; d < D; d++) {
             const v16 k = LD(KT + (long)d * Sp + c);

@@ -16,6 +16,7 @@ contamination}}; without benchmarks it is {protocol: metrics} of the run's rows.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ def benchmark_rows(cfg: RunConfig) -> dict[str, tuple[list[dict[str, Any]], str]
     for path in cfg.eval.benchmarks:
         ds = load_dataset(path, d.format, d.prompt_field, d.answer_field, d.seed)
         reward = "code" if ds.format in CODE_FORMATS else "accuracy"
+        print(f"data: {path}: {len(ds.rows)} rows, format {ds.format} "
+              f"({'detected' if d.format == 'auto' else 'data.format'}), graded by {reward}",
+              file=sys.stderr, flush=True)
         check_fields(ds.rows, ds.wheres, _with_reward(cfg, reward))
         name = Path(path.split("@", 1)[0]).stem + (f"@{path.split('@', 1)[1]}" if "@" in path else "")
         while name in out:
