@@ -123,6 +123,13 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)
     stop: list[str] = Field(default_factory=list)
+    probe_completions: int = Field(
+        4, ge=0, description="after every weight sync, the trainer re-scores this many sampled "
+        "completions: rollout/mismatch_kl against the engine's log-probs; 0 = off")
+    probe_warn_kl: float = Field(1e-3, gt=0, description="rollout/mismatch_kl that warns loudly")
+    correction: str = Field("none", description="importance weights for the rollout-trainer "
+                            "mismatch (r1lab.algorithms.mismatch): none, tis, mis")
+    correction_cap: float = Field(2.0, gt=0, description="tis: the cap; mis: the mask threshold")
 
 
 class RewardComponent(Section):

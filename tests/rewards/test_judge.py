@@ -178,3 +178,29 @@ def test_rejection_sampling_asks_the_judge_for_rows_without_gold(tmp_path, judge
     assert summary["judged_prompts"] == 2 and summary["samples"] == 12
     kept = [json.loads(line) for line in (tmp_path / "out" / "sft.jsonl").read_text().splitlines()]
     assert {"write a haiku", "say hello"} <= {k["question"] for k in kept}
+
+
+def test_all_scenario_rl_routes_each_prompt_to_its_reward(tmp_path, judge_ckpt):
+    """R1's stage 4 in one GRPO step: reasoning prompts scored by the rule, general prompts
+    (no gold) by the judge; every judged completion gets the judge's 7/10."""
+    from r1lab.config import RunConfig
+    from r1lab.models.tiny import build_char_tokenizer, build_tiny_model
+    from r1lab.train.grpo import build_trainer
+
+    cfg = RunConfig.model_validate({
+        "model": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
+                           "intermediate_size": 64, "max_position_embeddings": 128}},
+        "rollout": {"group_size": 2, "max_new_tokens": 6},
+        "rewards": {"components": [{"name": "route", "kwargs": {
+            "model_kwargs": {"model_path": str(judge_ckpt), "rubric": RUBRIC}}}]},
+        "train": {"steps": 1, "batch_size": 4}, "log": {"progress": False, "samples_per_step": 8}})
+    rows = [{"prompt": "2+2", "answer": "4"}, {"prompt": "write a haiku", "answer": None},
+            {"prompt": "3+3", "answer": "6"}, {"prompt": "say hello", "answer": None}]
+    tok = build_char_tokenizer()
+    trainer = build_trainer(cfg, build_tiny_model(cfg.model.tiny, tok, seed=0), tok, rows, tmp_path)
+    (m,) = trainer.fit(progress=False)
+    assert m["rewards/route/judged_rate"] == 0.5
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    judged = [s for s in samples if s["prompt"] in ("write a haiku", "say hello")]
+    assert judged and all(s["rewards"]["route"] == 0.7 for s in judged)
+    assert all(s["rewards"]["route"] in (0.0, 1.0) for s in samples if s not in judged)

@@ -85,6 +85,11 @@ class GRPOTrainer:
         self.sampling = (DynamicSampling(self.sampler, max_refill_rounds=alg.max_refill_rounds,
                                          pad_id=self.engine.pad_id)
                          if alg.dynamic_sampling else PlainSampling(self.sampler))
+        from r1lab.rollout.sync import MismatchProbe
+
+        self.probe = (MismatchProbe(r.probe_completions, r.probe_warn_kl, r.temperature,
+                                    self.engine.pad_id, self.forward_logprobs)
+                      if r.probe_completions else None)
         self.eval_rows = list(eval_rows)
         self.step_count = 0
         self.samples: list[dict[str, Any]] = []  # the last step's transcripts, for samples.jsonl
@@ -116,6 +121,15 @@ class GRPOTrainer:
         d = self.cfg.data
         return encode_prompts(rows, self.tokenizer, d.template, d.prompt_field)
 
+    def forward_logprobs(self, model, input_ids, attn, pos, prompt_len, temperature):
+        """The trainer's own logprobs of padded completions (the probe's side of the check)."""
+        from r1lab.train.batch import TokenBatch
+
+        mask = attn[:, prompt_len:].float()  # [n, T]
+        t = TokenBatch(input_ids=input_ids, attn=attn, pos=pos, prompt_len=prompt_len, mask=mask,
+                       train_mask=mask, group_size=self.cfg.rollout.group_size)
+        return self.forward.logprobs(model, t, torch.arange(len(input_ids)))
+
     def component_weights(self) -> torch.Tensor | None:
         components = getattr(self.rewards, "components", None)
         if not components or not hasattr(components[0], "weight"):
@@ -129,6 +143,8 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         drawn = self.sampling(self.step_count)  # 1-2. B x G completions, scored
         seconds.update(drawn.seconds)
+        with _timed(seconds, "probe"):  # the engine's log-probs against the trainer's
+            probe = self.probe(self.model, drawn.batch.rollout) if self.probe else {}
         tokens = TokenBatch.from_rollout(drawn.batch.rollout, self.engine.pad_id, alg.mask_truncated)
         with _timed(seconds, "reference"):  # the frozen reference policy, when beta > 0
             ref_logp = self.forward.reference(self.ref_model, tokens) if self.ref_model else None
@@ -146,9 +162,13 @@ class GRPOTrainer:
         self.step_count += 1
         seconds["step"] = time.perf_counter() - t0
         self.samples = sample_records(self.step_count, drawn.first, cfg.log.samples_per_step)
-        return step_metrics(self.step_count, drawn, entropy, update, critic,  # 5. metrics
-                            self.scheduler.get_last_lr()[0], seconds, self.world,
-                            cfg.train.batch_size)
+        metrics = step_metrics(self.step_count, drawn, entropy, update, critic,  # 5. metrics
+                               self.scheduler.get_last_lr()[0], seconds, self.world,
+                               cfg.train.batch_size)
+        if self.probe:  # the worst rank's (a rank without completions reports 0)
+            for key in ("rollout/mismatch_kl", "rollout/mismatch_max"):
+                metrics[key] = float(self.world.max(probe.get(key, 0.0)))
+        return metrics
 
     def evaluate(self) -> dict[str, float]:
         """Held-out pass@1 under the first sampled protocol of `eval` (greedy if none)."""
