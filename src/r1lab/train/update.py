@@ -20,6 +20,7 @@ completions that were computed).
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
@@ -62,6 +63,11 @@ class PolicyUpdate:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         self.kl_in_loss = alg.kl is not None and not cfg.algorithm.kl_in_reward
+        from r1lab.algorithms.mismatch import ROLLOUT_CORRECTIONS
+
+        r = cfg.rollout  # TIS / MIS weights for the rollout-trainer mismatch; none: no weights
+        self.correction = (None if r.correction == "none" else
+                           partial(ROLLOUT_CORRECTIONS.get(r.correction), cap=r.correction_cap))
         self.skip_inert = not self.kl_in_loss and zero_advantage_is_inert(alg)
 
     def __call__(self, tokens: TokenBatch, adv: Advantages, sampler_logp: torch.Tensor) -> dict[str, float]:
@@ -88,6 +94,8 @@ class PolicyUpdate:
                 logp = self.forward.logprobs(self.model, tokens, idx)  # [n, T]
                 old = logp.detach() if len(starts) == 1 else sampler_logp[idx]
                 per_token, lm = alg.loss(logp=logp, old_logp=old, advantages=advantages[idx], mask=m)
+                if self.correction is not None:  # pi_train_old / pi_rollout, truncated or masked
+                    per_token = per_token * self.correction(old.detach(), sampler_logp[idx], m)
                 if self.kl_in_loss:
                     kl = alg.kl(logp=logp, ref_logp=ref_logp[idx], old_logp=old, mask=m)  # [n, T]
                     per_token = per_token + cfg.beta * kl
