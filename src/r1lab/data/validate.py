@@ -98,7 +98,7 @@ def check_context(rows: list[dict[str, Any]], tokenizer: Any, model: Any, cfg: R
     i = max(range(len(lengths)), key=lengths.__getitem__)
     need = lengths[i] + cfg.rollout.max_new_tokens
     if need > limit:
-        text = str(rows[i][cfg.data.prompt_field])
+        text = str(rows[i].get("prompt", rows[i].get(cfg.data.prompt_field)))
         raise ConfigError(
             f"rollout.max_new_tokens: the longest prompt (row {i}: {text[:60]!r}{'...' if len(text) > 60 else ''}) "
             f"has {lengths[i]} tokens, so with max_new_tokens={cfg.rollout.max_new_tokens} a "

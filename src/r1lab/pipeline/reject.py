@@ -86,10 +86,10 @@ def run_sample(cfg: RunConfig, out_dir: str | Path, console: Console | None = No
                         keep = ok and batch.texts[i] not in seen and len(seen) < r.keep_per_prompt
                         if keep:
                             seen.add(batch.texts[i])
-                            sft.write({d.prompt_field: row[d.prompt_field],
+                            sft.write({d.prompt_field: row["prompt"],
                                        d.answer_field: row.get(d.answer_field),
                                        "completion": batch.texts[i], "rewards": scores})
-                        samples.write({"prompt_index": start + p, d.prompt_field: row[d.prompt_field],
+                        samples.write({"prompt_index": start + p, d.prompt_field: row["prompt"],
                                        "completion": batch.texts[i], "rewards": scores,
                                        "passed": ok, "kept": keep})
                     kept_rows += len(seen)

@@ -27,7 +27,7 @@ def heldout_eval(cfg: RunConfig, model, tokenizer, heldout: list[dict[str, Any]]
     `out/eval.json` (every metric) and returns {protocol: pass@1}."""
     template = TEMPLATES.get(cfg.data.template)
     res = evaluate(model, tokenizer, heldout[: cfg.eval.num_problems],
-                   lambda r: template(r[cfg.data.prompt_field], tokenizer), paper_protocols(cfg.eval),
+                   lambda r: template(r["prompt"], tokenizer), paper_protocols(cfg.eval),
                    max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens)
     (out / "eval.json").write_text(json.dumps(res, indent=2))
     return {k: v["pass1"] for k, v in res.items()}
