@@ -55,8 +55,11 @@ def trl_nanstd(x: torch.Tensor, dim=None, keepdim=False) -> torch.Tensor:
 def trl_advantages(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
     """sum_then_normalize, scale_rewards="group" (one reward function)."""
     mean = torch.nanmean(rewards.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
-    std = trl_nanstd(rewards.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
-    return (rewards - mean) / (std + 1e-4)
+    if num_generations > 1:
+        std = trl_nanstd(rewards.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
+    else:
+        std = torch.zeros_like(rewards)
+    return torch.nan_to_num((rewards - mean) / (std + 1e-4), nan=0.0)
 
 
 def trl_normalize_then_sum(rewards_per_func, reward_weights, num_generations):
@@ -160,25 +163,28 @@ def assert_same_loss_and_grad(trl_fn, ours_fn, b) -> None:
     torch.testing.assert_close(o.grad, a.grad)
 
 
-@pytest.mark.parametrize("on_policy", [False, True])
-def test_trl_preset_at_beta_above_zero(on_policy: bool) -> None:
-    """configs/trl_grpo.yaml + beta: TRL 1.16's defaults (dapo loss, bias-corrected unclamped k3)."""
+@pytest.mark.parametrize(("on_policy", "group_size"), [(False, G), (True, G), (False, 1)])
+def test_trl_preset_at_beta_above_zero(on_policy: bool, group_size: int) -> None:
+    """configs/trl_grpo.yaml + beta: TRL 1.16's defaults (dapo loss, bias-corrected unclamped k3);
+    with groups of one every advantage is 0 in both, and only the KL term trains."""
     cfg = load_config(TRL_PRESET, ["algorithm.beta=0.04"]).algorithm
     b = fixed_batch()
     if on_policy:  # num_iterations = 1: old = logp.detach(); the ratio is 1 but has a gradient
         b["old"] = b["logp"].clone()
-    adv = trl_advantages(b["rewards"], G)
+    adv = trl_advantages(b["rewards"], group_size)
 
     def trl(lp):
         return trl_compute_loss({**b, "old": lp.detach() if on_policy else b["old"]}, lp, adv,
                                 beta=0.04)[0]
 
     def mine(lp):
-        return ours(cfg, b, lp, beta=0.04, old=lp.detach() if on_policy else None)[0]
+        return ours(cfg, b, lp, beta=0.04, group_size=group_size,
+                    old=lp.detach() if on_policy else None)[0]
 
     assert_same_loss_and_grad(trl, mine, b)
     _, trl_metrics = trl_compute_loss(b, b["logp"], adv, beta=0.04)
-    _, metrics, _ = ours(cfg, b, b["logp"], beta=0.04)
+    _, metrics, our_adv = ours(cfg, b, b["logp"], beta=0.04, group_size=group_size)
+    assert bool((our_adv == 0).all()) == (group_size == 1)
     torch.testing.assert_close(metrics["kl"], trl_metrics["kl"])
     assert trl_metrics["kl"] > 10 / b["mask"].sum()  # the big token is in: a clamp would show
 
