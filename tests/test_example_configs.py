@@ -80,3 +80,43 @@ def test_a_model_directory_without_tokenizer_files_fails_before_any_run_folder(t
     with pytest.raises(FileNotFoundError, match="has no tokenizer files"):
         run_grpo(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_template_matches_the_model_and_is_saved_with_the_checkpoint(tmp_path, standin):
+    from transformers import AutoTokenizer
+
+    from r1lab.config import RunConfig
+    from r1lab.data.templates import (
+        SYSTEM,
+        TEMPLATES,
+        encode_prompts,
+        load_template,
+        resolve,
+        save_template,
+        saved_prompt,
+    )
+    from r1lab.models.tiny import build_char_tokenizer
+
+    chat_tok = AutoTokenizer.from_pretrained(standin)
+    plain_tok = AutoTokenizer.from_pretrained(standin)
+    plain_tok.chat_template = None
+    tiny = build_char_tokenizer()
+    tiny.save_pretrained(tmp_path / "tiny")
+    assert RunConfig().data.template == "auto"
+    assert [resolve("auto", t) for t in (chat_tok, plain_tok, tiny)] == ["chat", "r1_zero", "tiny"]
+    assert resolve("auto", AutoTokenizer.from_pretrained(tmp_path / "tiny")) == "tiny"  # reloaded too
+    q = "What is 2 + 3?"
+    assert TEMPLATES.get("auto")(q, chat_tok) == TEMPLATES.get("chat")(q, chat_tok)
+    assert TEMPLATES.get("auto")(q, tiny) == "Q:What is 2 + 3?\nA:"
+    # a chat prompt holds its own special tokens: no BOS added on top, as with template chat
+    rows = [{"question": q}]
+    assert encode_prompts(rows, chat_tok, "auto", "question") == encode_prompts(rows, chat_tok, "chat", "question")
+    for tok, name in ((chat_tok, "chat"), (plain_tok, "r1_zero"), (tiny, "tiny")):
+        ckpt = tmp_path / name
+        ckpt.mkdir(exist_ok=True)
+        save_template(ckpt, RunConfig(), tok)
+        record = load_template(ckpt)
+        assert record["template"] == name and (record.get("system") == SYSTEM) == (name == "chat")
+        trained = TEMPLATES.get(name)(q, tok)
+        assert saved_prompt(record, [{"role": "user", "content": q}], tok) == trained
+    assert load_template(tmp_path / "nowhere") is None
