@@ -167,3 +167,11 @@ def test_policy_an_inequality_answers_an_interval_both_ways():
 def test_policy_variables_compared_strictly():
     # the suite expects 1 only with strict=False
     assert _grade("$f(y)$", "$f(x)$") == 0.0
+
+
+def test_multiple_choice_rows_are_graded_on_the_letter():
+    row = {"answer": "B", "choices": ["Iron", "Neon", "Carbon", "Zinc"]}
+    graded = {c: accuracy(f"<answer>{c}</answer>", row).value
+              for c in ["B", "(B)", "B) Neon", "The answer is B", r"\boxed{B}", "C", "A or B", "Neon"]}
+    assert graded == {"B": 1.0, "(B)": 1.0, "B) Neon": 1.0, "The answer is B": 1.0, r"\boxed{B}": 1.0,
+                      "C": 0.0, "A or B": 0.0, "Neon": 0.0}

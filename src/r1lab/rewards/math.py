@@ -216,6 +216,22 @@ def graded_answer(completion: str, multi: bool = False) -> str | None:
     return answer.strip()
 
 
+_LETTER = re.compile(r"^[A-H]$")
+
+
+def choice_letter(answer: str, options: int = 4) -> str | None:
+    """The option letter a multiple-choice answer names (GPQA rows carry `choices`): the one
+    standalone capital among the first `options` letters; none, or two different ones, is None.
+
+    >>> [choice_letter(a) for a in ["B", "(B)", "B) Neon", "The answer is B", r"\\boxed{C}", "A or B"]]
+    ['B', 'B', 'B', 'B', 'C', None]
+    """
+    letters = "ABCDEFGH"[:options]
+    text = re.sub(r"\\(?:boxed|text|textbf|mathrm)\{([^{}]*)\}", r" \1 ", answer)
+    found = set(re.findall(rf"(?<![A-Za-z])([{letters}])(?![A-Za-z])", text))
+    return found.pop() if len(found) == 1 else None
+
+
 def _words(answer: str) -> list[str]:
     outside = _COMMAND.sub(" ", _MATH_SPAN.sub(" ", answer))
     return [w for w in _PROSE.findall(outside) if w.lower() not in ("or", "and")]
@@ -385,6 +401,10 @@ def accuracy(completion: str, row: dict, answer_key: str = "answer", **_: Any) -
     answer = graded_answer(completion, multi=multi)
     if answer is None:
         return Score(0.0, {"extracted_answer": None, "no_answer": True, "parse_failure": False})
+    if row.get("choices") and _LETTER.match(str(gold).strip()):
+        letter = choice_letter(answer, len(row["choices"]))
+        return Score(float(letter == str(gold).strip()),
+                     {"extracted_answer": letter or answer, "no_answer": False, "parse_failure": letter is None})
     if is_prose(answer):
         ok, parsed, answer = _prose_match(str(gold), answer, multi)
     else:
