@@ -67,7 +67,7 @@ SIZES = {  # Qwen2 from a config; parameter counts printed at run time
                  num_attention_heads=12, num_key_value_heads=12),
 }
 GRID = [(s, n) for s in ("4M", "25M", "100M") for n in (64, 256, 1024)]
-QUICK = [("4M", 64), ("4M", 1024), ("25M", 64), ("25M", 256)]
+QUICK = [("4M", 64), ("4M", 256), ("25M", 64), ("4M", 1024)]
 DRY = [("tiny", 8)]
 QUESTIONS = ["12+30", "345+67", "8+91", "250+250", "77+123", "5+6", "404+17", "99+1"]
 G, LR, BETA, SEED = 8, 1e-4, 0.04, 0
@@ -418,7 +418,7 @@ def main() -> None:
         ours_tps = tokens / statistics.median(times["r1lab_gen"][w:])
         trl_rate = min(trl_rate, flops / trl_s)
         mem = memory(size, n, args.prompts, args.mem_steps, args.threads, together=args.dry_run)
-        row = {"params": n_params, "new_tokens": n, "step_speedup": round(trl_s / ours_s, 3),
+        row = {"size": size, "params": n_params, "new_tokens": n, "step_speedup": round(trl_s / ours_s, 3),
                "r1lab_peak_mb": round(mem["r1lab"]["peak_mb"]), "trl_peak_mb": round(mem["trl"]["peak_mb"]),
                "trl_step_s": round(trl_s, 3), "r1lab_step_s": round(ours_s, 3),
                "trl_gen_tok_s": round(trl_tps), "r1lab_gen_tok_s": round(ours_tps),
@@ -442,8 +442,8 @@ def main() -> None:
         print(f"dropped: {d['params'] / 1e6:.1f}M x {d['new_tokens']} (TRL step ~{d['trl_step_estimate_s']} s)")
     if args.profile and results:
         print()
-        last = points[-1]
-        profile_point(last[0], last[1], args.prompts, 1 if args.dry_run else 2)
+        slow = max(results, key=lambda r: r["r1lab_step_s"])  # the slowest point
+        profile_point(slow["size"], slow["new_tokens"], args.prompts, 1)
     keys = ("params", "new_tokens", "step_speedup", "r1lab_peak_mb", "trl_peak_mb")
     out = {"points": [{k: r[k] for k in keys} for r in results],
            "min_step_speedup": min((r["step_speedup"] for r in results), default=None)}

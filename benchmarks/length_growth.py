@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ["R1LAB_MALLOC_TUNING"] = "0"  # before r1lab is imported: see the docstring
@@ -111,6 +112,13 @@ def trainer(size: str, prompts: int, max_tokens: int):
     return GRPOTrainer(cfg, model, tokenizer, rows, tempfile.mkdtemp())
 
 
+def set_cap(tr, cap: int) -> None:
+    """Raise the trainer's completion cap for the next step: the config (which the loss's
+    length normaliser reads) and the sampling parameters (built from it when the trainer was)."""
+    tr.cfg.rollout.max_new_tokens = cap
+    tr.sampler.params = replace(tr.sampler.params, max_new_tokens=cap)
+
+
 def plot(points: list[dict], fits: dict, path: str, title: str) -> None:
     import matplotlib
 
@@ -156,12 +164,12 @@ def main() -> None:
     print(f"machine: {bs.cpu_model()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
           f"Qwen2 {n_params / 1e6:.1f}M, {args.prompts} prompts x G={bs.G}, caps {schedule}; "
           f"mmap threshold fixed: {fixed}")
-    tr.cfg.rollout.max_new_tokens = schedule[0]
+    set_cap(tr, schedule[0])
     tr.step()  # warm-up (kernel builds, oneDNN primitives): not recorded
     start_rss = bs.rss_mb()
     points = []
     for cap in schedule:
-        tr.cfg.rollout.max_new_tokens = cap
+        set_cap(tr, cap)
         if not reset_peak():
             raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs): Linux >= 4.0 needed")
         t = time.perf_counter()
@@ -169,6 +177,8 @@ def main() -> None:
         step_s = time.perf_counter() - t
         peak = bs.peak_rss_mb()
         tokens = m["completion_len"] * args.prompts * bs.G
+        if round(m["completion_len"]) != cap:
+            raise SystemExit(f"cap {cap} but completions of {m['completion_len']} tokens: the cap did not apply")
         points.append({"cap": cap, "tokens": round(tokens), "step_s": round(step_s, 3),
                        "generate_s": round(m["generate_s"], 3),
                        "peak_mb": round(peak - start_rss, 1)})
