@@ -62,6 +62,8 @@ def test_example_config_runs_two_steps_on_its_standin(tmp_path, standin, name, r
     assert result["steps"] == 2
     final = Path(result["final"])
     assert load_template(final)["template"] == template  # the prompts serve will build
+    steps_saved = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert steps_saved and all(load_template(p)["template"] == template for p in steps_saved)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(m["reward_errors"] == 0 for m in metrics)  # every completion was scored
