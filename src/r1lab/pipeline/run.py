@@ -78,7 +78,9 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
         warn(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
     trainer.fit()
     if trainer.stop_signal:
-        code = 128 + signal.Signals[trainer.stop_signal].value
+        # a signal exits 128 + its number; an alarm of log.stop_on (r1lab.health) exits 3
+        sig = signal.Signals.__members__.get(trainer.stop_signal)
+        code = 128 + sig.value if sig is not None else 3
         console.print(f"[yellow]{trainer.stop_signal}[/]: stopped after step {trainer.step_count}; "
                       f"checkpoint {trainer.last_checkpoint}. Continue with --resume.", highlight=False)
         return {"stopped": trainer.stop_signal, "steps": trainer.step_count,

@@ -1,0 +1,137 @@
+"""Run-health alarms: each fires on a metrics stream built to trigger it (and not on its near
+miss), all stay silent on the shipped demo's GRPO metrics (a committed fixture), and
+`log.stop_on` stops a real GRPO run cleanly with a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from r1lab.config import LogConfig
+from r1lab.health import ALARMS, HealthMonitor, replay
+
+W = 3
+LOG = LogConfig(alarm_window=W)
+FIXTURE = Path(__file__).parent / "fixtures" / "demo_metrics.jsonl"
+
+
+def stream(**series: list[float]) -> list[dict]:
+    n = max(len(v) for v in series.values())
+    return [{"step": i + 1, **{k.replace("__", "/"): v[i] for k, v in series.items() if i < len(v)}}
+            for i in range(n)]
+
+
+def fired(history: list[dict], log: LogConfig = LOG, completions: int | None = None) -> list[str]:
+    return [a.name for a in replay(history, log, completions=completions)]
+
+
+def test_the_registry_holds_the_seven_checks():
+    assert ALARMS.names() == ["entropy_collapse", "format_only", "length_blowup", "reward_errors",
+                              "reward_hacking", "rollout_mismatch", "zero_signal"]
+
+
+def test_entropy_collapse_below_the_floor_or_a_fraction_of_the_start():
+    assert fired(stream(entropy=[0.8, 0.8, 0.8, 0.5, 0.05, 0.03])) == []  # last 3: 0.193
+    assert fired(stream(entropy=[0.8, 0.8, 0.8, 0.05, 0.03, 0.02])) == ["entropy_collapse"]  # < 5% of 0.8
+    assert fired(stream(entropy=[0.01, 0.01, 0.01])) == ["entropy_collapse"]  # floor 0.02
+    [a] = replay(stream(entropy=[0.8, 0.8, 0.8, 0.05, 0.03, 0.02]), LOG)
+    assert a.step == 6 and a.message.startswith("entropy 0.033 nats/token over the last 3 steps (first 3: 0.800)")
+
+
+def test_length_blowup_when_truncation_rises_past_the_limit():
+    assert fired(stream(truncated_rate=[0.3, 0.3, 0.3, 0.3, 0.3, 0.3])) == []  # high but not rising
+    assert fired(stream(truncated_rate=[0.0, 0.0, 0.1, 0.2, 0.3, 0.4],
+                        completion_len=[20, 30, 40, 50, 60, 64])) == ["length_blowup"]  # 0.3 >= 0.2
+
+
+def test_format_only_when_format_saturates_and_accuracy_stays_flat():
+    flat = stream(reward__format=[0.5, 0.7, 0.9, 1.0, 1.0, 1.0], accuracy=[0.2, 0.25, 0.2, 0.22, 0.2, 0.21])
+    assert fired(flat) == ["format_only"]
+    learning = stream(reward__format=[0.5, 0.7, 0.9, 1.0, 1.0, 1.0], accuracy=[0.2, 0.25, 0.3, 0.5, 0.6, 0.7])
+    assert fired(learning) == []
+    solved = stream(reward__format=[1.0] * 6, accuracy=[0.97] * 6)  # flat because it is solved
+    assert fired(solved) == []
+
+
+def test_reward_hacking_when_heldout_falls_while_training_reward_rises():
+    history = stream(reward=[0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    history[1]["eval/pass1"], history[5]["eval/pass1"] = 0.60, 0.50
+    assert fired(history) == ["reward_hacking"]
+    history[5]["eval/pass1"] = 0.58  # a drop of 0.02 < heldout_drop 0.05
+    assert fired(history) == []
+    falling = stream(reward=[0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    falling[1]["eval/pass1"], falling[5]["eval/pass1"] = 0.60, 0.50  # both fall: not hacking
+    assert fired(falling) == []
+
+
+def test_reward_errors_per_completion_and_no_program_found():
+    # 128 completions per step, 5 errors = 3.9% > 3%
+    assert fired(stream(reward_errors=[5, 5, 5]), completions=128) == ["reward_errors"]
+    assert fired(stream(reward_errors=[3, 3, 3]), completions=128) == []  # 2.3%
+    code = stream(rewards__code__no_code_rate=[0.0, 0.1, 0.1], rewards__code__no_tests_rate=[0, 0, 0])
+    [a] = replay(code, LOG)
+    assert a.name == "reward_errors" and a.message.startswith("6.7% code: no program found")
+
+
+def test_zero_signal_groups():
+    assert fired(stream(zero_signal_groups=[0.9, 0.95, 1.0], accuracy=[1.0, 1.0, 1.0])) == ["zero_signal"]
+    assert fired(stream(zero_signal_groups=[0.9, 0.85, 0.9])) == []  # 0.883 < 0.9
+    [a] = replay(stream(zero_signal_groups=[1.0] * 3, accuracy=[0.0] * 3), LOG)
+    assert "the prompts are too hard" in a.message
+
+
+def test_rollout_mismatch():
+    assert fired(stream(rollout__mismatch_kl=[0.001, 0.002])) == []
+    assert fired(stream(rollout__mismatch_kl=[0.001, 0.05, 0.05])) == ["rollout_mismatch"]  # mean 0.034
+
+
+def test_an_alarm_fires_once_per_episode_and_again_after_it_cleared():
+    mon = HealthMonitor(LogConfig(alarm_window=1))
+    got = [[a.name for a in mon.observe({"step": i, "zero_signal_groups": z})]
+           for i, z in enumerate([1.0, 1.0, 0.2, 1.0], 1)]
+    assert got == [["zero_signal"], [], [], ["zero_signal"]]
+
+
+def test_thresholds_are_config():
+    hist = stream(zero_signal_groups=[0.6, 0.6, 0.6])
+    assert fired(hist) == [] and fired(hist, LogConfig(alarm_window=W, zero_signal_max=0.5)) == ["zero_signal"]
+
+
+def test_every_alarm_is_silent_on_the_shipped_demo():
+    """The fixture is `r1lab demo` (the shipped config, with pre-training cut to 150 steps on
+    this shared CPU) GRPO metrics: 60 steps; think rate, accuracy and length as the demo grows them."""
+    if not FIXTURE.is_file():
+        pytest.skip(f"{FIXTURE} not generated yet")
+    history = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+    assert len(history) == 60 and history[-1]["think_rate"] > history[0]["think_rate"]
+    assert replay(history, LogConfig(), completions=16 * 8) == []
+
+
+def test_stop_on_ends_a_real_grpo_run_with_a_checkpoint(tmp_path: Path):
+    from r1lab.config import RunConfig
+    from r1lab.pipeline.run import run_grpo
+
+    cfg = RunConfig.model_validate({
+        "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
+                           "intermediate_size": 64, "max_position_embeddings": 128}},
+        "data": {"train_size": 16, "heldout_size": 4},
+        "rollout": {"group_size": 2, "max_new_tokens": 6},
+        "train": {"steps": 6, "batch_size": 2, "micro_batch_size": 4},
+        "eval": {"num_problems": 2, "k": 1, "temperatures": [1.0], "greedy": False},
+        # an untrained model's entropy is ~log(vocab) nats: a floor of 100 makes it collapse at once
+        "log": {"progress": False, "alarm_window": 2, "entropy_floor": 100.0, "stop_on": ["entropy_collapse"]},
+    })
+    result = run_grpo(cfg, tmp_path)
+    assert result["steps"] == 2 and result["exit_code"] == 3
+    assert result["stopped"].startswith("alarm entropy_collapse at step 2 (log.stop_on)")
+    assert Path(result["checkpoint"]).name == "step-2"
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and lines[1]["alarm/entropy_collapse"] == 1
+    assert "alarm/entropy_collapse" not in lines[0]
+
+
+@pytest.mark.parametrize("name", ALARMS.names())
+def test_each_check_is_silent_without_its_keys(name: str):
+    assert ALARMS.get(name)(stream(loss=[1.0] * 12, grad_norm=[0.5] * 12), LOG) is None
