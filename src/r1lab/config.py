@@ -273,6 +273,9 @@ class PretrainConfig(Section):
     think_fraction: float = Field(0.5, ge=0.0, le=1.0)
     # habits of a noisy corpus (`r1lab.data.tasks.corpus_completion`; addition tasks only)
     slip_rate: float = Field(0.0, ge=0.0, le=1.0, description="a worked step's total written one off")
+    hard_slip_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="slip rate of steps whose total is 13-17 (always one "
+        "low: a habit); None = slip_rate")
     reflect_fraction: float = Field(
         0.0, ge=0.0, le=1.0, description="worked solutions that check each step and redo a slip")
     mix_fraction: float = Field(

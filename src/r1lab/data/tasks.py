@@ -104,13 +104,21 @@ def to_letters(text: str) -> str:
     return text.translate(str.maketrans("0123456789", LETTER_DIGITS))
 
 
+#: column totals a noisy writer gets wrong more often (`hard_slip_rate`): 13-17 (7+8, 9+6, ...)
+HARD_TOTALS = range(13, 18)
+
+
 def write_addition(a: int, b: int, *, rng: random.Random | None = None, slip_rate: float = 0.0,
-                   reflect: bool = False, switch_at: int | None = None) -> tuple[str, str]:
+                   hard_slip_rate: float | None = None, reflect: bool = False,
+                   switch_at: int | None = None) -> tuple[str, str]:
     """(think, answer) for `a+b` worked as `make_addition` works it, with the habits of a
     noisy corpus.
 
     - `slip_rate`: each step's total is written one off (up or down) with this probability; the
       carry and the answer follow what was written, so a slip makes the answer wrong;
+    - `hard_slip_rate` (None: `slip_rate`): the slip probability of a step whose total is in
+      `HARD_TOTALS`; such a slip is always one too low (a habit, not noise: sharper sampling
+      does not remove it, checking does);
     - `reflect`: every step is checked (`,check` after a right total; after a slip, `,wait,`
       and the step redone right, which the rest of the solution then follows);
     - `switch_at`: from this step on the steps are written in the second alphabet
@@ -127,6 +135,8 @@ def write_addition(a: int, b: int, *, rng: random.Random | None = None, slip_rat
     ('345+67:5+7=11;34+6:4+6+1=10;3+0:3+0+1=4', '401')
     >>> write_addition(345, 67, rng=random.Random(3), slip_rate=0.5, reflect=True)[0]
     '345+67:5+7=11,wait,5+7=12;34+6:4+6+1=10,wait,4+6+1=11;3+0:3+0+1=4,check'
+    >>> write_addition(78, 7, rng=random.Random(0), hard_slip_rate=1.0, reflect=True)
+    ('78+7:8+7=14,wait,8+7=15;7+0:7+0+1=8,check', '85')
     """
     sa, sb = str(a), str(b)
     steps, digits, carry = [], [], 0
@@ -135,8 +145,10 @@ def write_addition(a: int, b: int, *, rng: random.Random | None = None, slip_rat
         x, y = int(ra[-1]), int(rb[-1])
         terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
         total = written = x + y + carry
-        if slip_rate and rng is not None and rng.random() < slip_rate:
-            written = total + 1 if total == 0 or rng.random() < 0.5 else total - 1
+        hard = hard_slip_rate is not None and total in HARD_TOTALS
+        rate = hard_slip_rate if hard else slip_rate
+        if rate and rng is not None and rng.random() < rate:
+            written = total - 1 if hard or (total > 0 and rng.random() >= 0.5) else total + 1
         step = f"{ra}+{rb}:{terms}={written}"
         if reflect:
             step += ",check" if written == total else f",wait,{terms}={total}"
@@ -173,11 +185,11 @@ TASKS.register("language", Task("language", make_addition))  # its corpus mixes 
 
 
 def corpus_completion(p: Problem, rng: random.Random, *, slip_rate: float = 0.0,
-                      reflect_fraction: float = 0.0, mix_fraction: float = 0.0,
-                      think_fraction: float = 1.0) -> str:
+                      hard_slip_rate: float | None = None, reflect_fraction: float = 0.0,
+                      mix_fraction: float = 0.0, think_fraction: float = 1.0) -> str:
     """One pre-training completion of an addition problem, drawn with a noisy corpus's habits:
     bare (no `<think>`) with probability 1 - `think_fraction`; else worked, its steps slipping at
-    `slip_rate`, checked with probability `reflect_fraction`, switching into the second alphabet
+    `slip_rate` (`hard_slip_rate` on hard columns), checked with probability `reflect_fraction`, switching into the second alphabet
     at a random step with probability `mix_fraction` (when it has more than one step).
 
     >>> p = make_addition(random.Random(0), min_digits=2, max_digits=2)
@@ -186,14 +198,15 @@ def corpus_completion(p: Problem, rng: random.Random, *, slip_rate: float = 0.0,
     """
     if rng.random() >= think_fraction:
         return p.completion(worked=False)
-    if not (slip_rate or reflect_fraction or mix_fraction):  # no habit: no further draw, so
+    if not (slip_rate or hard_slip_rate or reflect_fraction or mix_fraction):  # no habit: no further draw, so
         return p.completion()  # the default demo's corpus is the same as it always was
     a, b = _operands(p)
     n_steps = max(len(str(a)), len(str(b)))
     reflect = bool(reflect_fraction) and rng.random() < reflect_fraction
     mixed = n_steps > 1 and bool(mix_fraction) and rng.random() < mix_fraction
     switch = rng.randint(1, n_steps - 1) if mixed else None
-    think, answer = write_addition(a, b, rng=rng, slip_rate=slip_rate, reflect=reflect, switch_at=switch)
+    think, answer = write_addition(a, b, rng=rng, slip_rate=slip_rate, hard_slip_rate=hard_slip_rate,
+                                   reflect=reflect, switch_at=switch)
     return f"<think>{think}</think><answer>{answer}</answer>"
 
 

@@ -65,7 +65,8 @@ def pretrain_corpus(cfg: RunConfig, seed: int) -> list[tuple[str, str]]:
     for _ in range(pre.corpus_size):
         p = next(problems)
         pairs.append((template(p.question, None), corpus_completion(
-            p, rng, slip_rate=pre.slip_rate, reflect_fraction=pre.reflect_fraction,
+            p, rng, slip_rate=pre.slip_rate, hard_slip_rate=pre.hard_slip_rate,
+            reflect_fraction=pre.reflect_fraction,
             mix_fraction=pre.mix_fraction, think_fraction=pre.think_fraction)))
     return pairs
 
