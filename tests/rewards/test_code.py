@@ -256,3 +256,10 @@ def test_a_training_config_with_a_wrong_tests_key_fails_before_the_run():
     with pytest.raises(ConfigError, match=r"rewards.components.0.kwargs: no row has a 'tests' field"):
         check_reward_rows([{"prompt": "p", "test_list": ["assert f() == 1"]}], cfg)
     check_reward_rows([{"prompt": "p", "tests": ["assert f() == 1"]}], cfg)
+
+
+def test_humaneval_setup_helpers_reach_both_runs():
+    check = "def check(candidate):\n    for x in CASES:\n        assert candidate(x) == twice(x)\n"
+    row = {"tests": check, "entry_point": "f", "test_setup": "CASES = [1, 2, 3]\ndef twice(x):\n    return 2 * x"}
+    s = code("def f(x):\n    return x + x", row)
+    assert (s.value, s.metrics["passed"], s.metrics["total"]) == (1.0, 3, 3)

@@ -90,6 +90,8 @@ def record(spec):
     try:
         exec(compile(spec["code"], "solution.py", "exec"), env)
         fn = env[spec["entry_point"]]
+        if spec.get("setup"):  # the row's trusted setup (helpers the check uses)
+            exec(compile(spec["setup"], "setup.py", "exec"), env)
     except BaseException as e:  # no function to test: a failure, whatever the exit status
         report(fatal=f"{type(e).__name__}: {e}"[:200])
         return

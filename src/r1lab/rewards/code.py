@@ -415,8 +415,7 @@ def code(
                     memory_bytes=memory_mb << 20)  # fmt: skip
     setup = _setup(row)
     if fmt == "humaneval":
-        prefix = _prefix(row, fmt) + ("\n" + setup if setup else "")
-        res = run_check(src, tests, str(row["entry_point"]), prefix, limits)
+        res = run_check(src, tests, str(row["entry_point"]), _prefix(row, fmt), limits, setup)
     else:
         res = run_tests(src, tests, limits, setup)
     if not res["total"]:

@@ -78,14 +78,17 @@ def run_check(
     entry_point: str,
     prefix: str = "",
     limits: Limits = Limits(),
+    setup: str = "",
 ) -> dict[str, Any]:
-    """Run `check(entry_point)` against `program`; returns passed/total as `run_tests` does."""
+    """Run `check(entry_point)` against `program`; returns passed/total as `run_tests` does.
+    `prefix` (the row's code prefix) and `setup` are trusted: the replay runs them, and the
+    recording runs `setup` after the program."""
     if "def check" not in check:
         raise ValueError("a HumanEval test needs `def check(candidate): ...`")
     rewritten, static = rewrite_check(check)
     test_s = max(limits.wall_s / 4, 0.5)
     spec = {"mode": "record", "code": program, "check": rewritten, "entry_point": entry_point,
-            "test_s": test_s}  # fmt: skip
+            "test_s": test_s, "setup": setup}  # fmt: skip
     first = run_python(_source(spec), limits)
     calls: dict[int, dict | None] = {}
     fatal = None
@@ -97,7 +100,8 @@ def run_check(
             calls[c] = None if c in calls else msg  # reported twice: a forger's line, refused
     n_calls = max(calls, default=-1) + 1
     recorded = [calls.get(i) for i in range(n_calls)]
-    spec = {"mode": "replay", "prefix": prefix, "check": rewritten, "calls": recorded}
+    spec = {"mode": "replay", "prefix": prefix + ("\n" + setup if setup else ""), "check": rewritten,
+            "calls": recorded}  # fmt: skip
     second = run_python(_source(spec), Limits(wall_s=limits.wall_s, cpu_s=limits.cpu_s,
                                               memory_bytes=limits.memory_bytes))  # fmt: skip
     results = _messages(second.stdout)
