@@ -18,8 +18,9 @@ from r1lab.evaluation import evaluate, paper_protocols
 from r1lab.models import load_policy
 from r1lab.train.checkpoint import resolve_resume
 from r1lab.train.common import seed_everything
-from r1lab.train.distributed import World, prepare_policy
+from r1lab.train.distributed import World, offload_requested, prepare_policy
 from r1lab.train.grpo import build_trainer  # GRPO, or PPO when the config has a critic
+from r1lab.train.memory import enable_gradient_checkpointing
 
 
 def heldout_eval(cfg: RunConfig, model, tokenizer, heldout: list[dict[str, Any]], out: Path) -> dict[str, float]:
@@ -58,7 +59,10 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
                          "would need the same number of forward passes); use ddp")
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     model, tokenizer = load_policy(cfg, seed=cfg.train.seed)
-    prepare_policy(model, cfg.train.strategy, world)  # ddp: every rank starts from rank 0's weights
+    if cfg.train.gradient_checkpointing:  # the padded forward, layers recomputed, lean logprobs
+        enable_gradient_checkpointing(model)
+    prepare_policy(model, cfg.train.strategy, world,  # ddp: every rank starts from rank 0's weights
+                   offload=offload_requested(cfg.train.offload))
     check_tokenizer(tokenizer, model, cfg)
     check_context(train_rows, tokenizer, model, cfg)  # prompt + max_new_tokens fit the model
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import torch
 
 from r1lab.train.batch import TokenBatch
 from r1lab.train.common import completion_logprobs
+from r1lab.train.memory import lean_logprobs
 from r1lab.train.packed import PackedBatch, packed_logprobs, packed_support
 
 #: the cost of one more forward/backward call, in padded tokens (Python, kernel launches,
@@ -23,8 +24,10 @@ CALL_COST_TOKENS = 96
 class Forward:
     """`logprobs(model, tokens, rows)` and the micro-batches to call it on."""
 
-    def __init__(self, micro_batch_size: int, temperature: float, packed: bool = True) -> None:
+    def __init__(self, micro_batch_size: int, temperature: float, packed: bool = True,
+                 lean: bool = False) -> None:
         self.micro_batch_size, self.temperature, self.packed = micro_batch_size, temperature, packed
+        self.lean = lean  # padded path: `lean_logprobs` (no [n, T, V] logits kept for backward)
 
     def is_packed(self, model, width: int) -> bool:
         """Whether `model`'s forward on sequences of up to `width` tokens is `packed_logprobs`."""
@@ -44,8 +47,8 @@ class Forward:
         if self.is_packed(model, t.width):
             pb = PackedBatch.from_padded(t.input_ids, t.attn, t.prompt_len, idx)
             return packed_logprobs(model, pb, self.temperature)[0]
-        return completion_logprobs(model, t.input_ids[idx], t.attn[idx], t.pos[idx], t.prompt_len,
-                                   self.temperature)
+        fn = lean_logprobs if self.lean and hasattr(model, "model") else completion_logprobs
+        return fn(model, t.input_ids[idx], t.attn[idx], t.pos[idx], t.prompt_len, self.temperature)
 
     @torch.no_grad()
     def reference(self, model, tokens: TokenBatch) -> torch.Tensor:

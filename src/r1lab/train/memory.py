@@ -30,7 +30,12 @@ CHUNK_TOKENS = 2048
 
 def enable_gradient_checkpointing(model) -> None:
     """Recompute decoder-layer activations in the backward (non-reentrant checkpointing)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5
+    kwargs = {"use_reentrant": False}
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
 
 
