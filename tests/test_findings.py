@@ -70,3 +70,18 @@ def test_reflection_finding_on_seed_1(tmp_path):
 def test_language_finding_on_seed_1(tmp_path):
     s = run_demo(load_demo_config(scenario="language", overrides=["log.progress=false"]), tmp_path, seed=1)
     assert s["lc_mixing_rate"] < s["r1zero_mixing_rate"]
+
+
+@pytest.mark.slow  # ~10 s of CPU: a pre-training, R1-Zero and the four stages, micro-sized
+def test_readability_scenario_runs_r1zero_and_the_four_stages(tmp_path):
+    overrides = [o for o in MICRO if not o.startswith("pretrain.reflect")] + [
+        "pipeline.overrides={cold_start: [sft.steps=4], rejection_sft: [sft.steps=4]}",
+        "reject.num_prompts=8", "reject.min_scores={format: 0.0}", "eval.greedy=false",
+        "eval.temperatures=[1.0]"]
+    s = run_demo(load_demo_config(scenario="readability", overrides=overrides), tmp_path, seed=1)
+    stages = json.loads((tmp_path / "r1" / "summary.json").read_text())
+    assert list(stages) == ["cold_start", "reasoning_rl", "rejection_sampling", "rejection_sft",
+                            "all_scenario_rl"]
+    for name in ("r1zero", "r1"):
+        for k in ("pass1", "mixing_rate", "format_error_rate", "mean_reasoning_len"):
+            assert s[f"{name}_{k}"] == s[name][k] and s[name]["n"] == 8 * 2

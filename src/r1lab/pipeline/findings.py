@@ -249,6 +249,51 @@ def run_language(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Co
     return summary
 
 
+@SCENARIOS.register("readability")
+def run_readability(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Console | None = None) -> dict[str, Any]:
+    """Readability: R1-Zero vs R1's four stages (`pipeline r1`: cold start, reasoning RL with the
+    language reward, rejection sampling + SFT, all-scenario RL), both from the language
+    scenario's base; accuracy, mixing, format errors and reasoning length of each."""
+    from r1lab.config import ModelConfig
+    from r1lab.models import load_policy
+    from r1lab.pipeline.r1 import run_r1
+
+    console = console or Console()
+    wall0 = time.perf_counter()
+    cfg, out, train_rows, heldout = _start(cfg, out_dir, seed)
+    if not cfg.pipeline.cold_start:
+        raise ValueError("scenario readability: pipeline.cold_start is needed (R1's stage 1)")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    model, tokenizer = _base(cfg, seed, out, console)
+    timings["pretrain"] = time.perf_counter() - t
+    base = behaviour(sample_heldout(model, tokenizer, heldout, cfg, seed=seed))
+    zero_cfg = cfg.model_copy(deep=True)
+    zero_cfg.rewards.components = [c for c in cfg.rewards.components if c.name != "language"]
+    console.rule("[bold]R1-Zero from the base")
+    timings["r1zero"] = _rl(zero_cfg, model, tokenizer, train_rows, out / "r1zero")
+    zero = behaviour(sample_heldout(model, tokenizer, heldout, cfg, seed=seed))
+    console.rule("[bold]R1's four stages from the same base")
+    r1_cfg = cfg.model_copy(deep=True)
+    r1_cfg.model = ModelConfig(path=str(out / "base"), threads=cfg.model.threads, device=cfg.model.device)
+    t = time.perf_counter()
+    stages = run_r1(r1_cfg, out / "r1", console=console)
+    timings["r1"] = time.perf_counter() - t
+    final, final_tok = load_policy(ModelConfig(path=stages["all_scenario_rl"]["final"], threads=cfg.model.threads))
+    r1 = behaviour(sample_heldout(final, final_tok, heldout, cfg, seed=seed))
+    keys = ("pass1", "mixing_rate", "format_error_rate", "mean_reasoning_len")
+    summary = {
+        "scenario": "readability", "seed": seed,
+        **{f"{name}_{k}": b[k] for name, b in (("base", base), ("r1zero", zero), ("r1", r1)) for k in keys},
+        "base": base, "r1zero": zero, "r1": r1,
+        "phase_seconds": timings, "wall_seconds": time.perf_counter() - wall0,
+        "heldout_problems": len(heldout), "k": cfg.eval.k,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(findings_table(summary, [("base", base), ("R1-Zero", zero), ("R1 (4 stages)", r1)]))
+    return summary
+
+
 def run_scenario(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Console | None = None) -> dict[str, Any]:
     """`r1lab demo --scenario NAME`: the registered scenario `cfg.scenario.name`."""
     return SCENARIOS.get(cfg.scenario.name)(cfg, out_dir, seed=seed, console=console)
