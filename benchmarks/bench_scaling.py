@@ -9,7 +9,9 @@ Built like `bench_vs_trl.py`: both trainers get the same objects (one Qwen2 mode
 config, weights copied; the char tokenizer; the same prompts, reward and GRPO settings: G=8,
 T=1.0, beta 0.04 with k3, DAPO token-level loss, eps 0.2, AdamW lr 1e-4, grad clip 1, one
 optimiser step per batch, no micro-batching), and their steps are interleaved in one process
-(TRL step, r1lab step, ...); the step time of each is the median after warm-up.
+(TRL step, r1lab step, ...); the step time of each is the median after warm-up (wall time,
+the result; the process's CPU time is printed too: with `--threads 1` on a machine shared
+with other jobs, it is the cost without the time-slicing).
 
 The grid: Qwen2 of ~4M, ~25M and ~100M parameters x 64, 256 and 1024 new tokens. EOS is off,
 so every row runs to the cap: the tokenizer's eos is an extra token the model's vocabulary
@@ -262,17 +264,20 @@ def interleaved(size: str, new_tokens: int, prompts: int, steps: int) -> dict:
 
     tokenizer, base, model_dir, _ = setup(size, new_tokens)
     ours = r1lab_trainer(copy.deepcopy(base), tokenizer, prompts, new_tokens, tempfile.mkdtemp())
-    times: dict[str, list] = {"trl": [], "r1lab": [], "r1lab_gen": [], "trl_gen": [], "tokens": []}
+    times: dict[str, list] = {"trl": [], "r1lab": [], "r1lab_gen": [], "trl_gen": [], "tokens": [],
+                              "trl_cpu": [], "r1lab_cpu": []}
 
     class Alternate(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             times["trl"].append(time.perf_counter() - self.t0)
-            t = time.perf_counter()
+            times["trl_cpu"].append(time.process_time() - self.c0)
+            t, c = time.perf_counter(), time.process_time()
             m = ours.step()
             times["r1lab"].append(time.perf_counter() - t)
+            times["r1lab_cpu"].append(time.process_time() - c)
             times["r1lab_gen"].append(m["generate_s"])
             times["tokens"].append(m["completion_len"] * G * prompts)
             print(f"    step {len(times['trl'])}  TRL {times['trl'][-1]:7.2f} s   r1lab "
@@ -413,6 +418,7 @@ def main() -> None:
         times = interleaved(size, n, args.prompts, args.steps)
         w = args.warmup if len(times["trl"]) > args.warmup else 0
         trl_s, ours_s = (statistics.median(times[k][w:]) for k in ("trl", "r1lab"))
+        trl_c, ours_c = (statistics.median(times[k][w:]) for k in ("trl_cpu", "r1lab_cpu"))
         tokens = statistics.median(times["tokens"][w:])
         trl_tps = tokens / statistics.median(times["trl_gen"][w:]) if times["trl_gen"] else float("nan")
         ours_tps = tokens / statistics.median(times["r1lab_gen"][w:])
@@ -421,21 +427,23 @@ def main() -> None:
         row = {"size": size, "params": n_params, "new_tokens": n, "step_speedup": round(trl_s / ours_s, 3),
                "r1lab_peak_mb": round(mem["r1lab"]["peak_mb"]), "trl_peak_mb": round(mem["trl"]["peak_mb"]),
                "trl_step_s": round(trl_s, 3), "r1lab_step_s": round(ours_s, 3),
+               "cpu_speedup": round(trl_c / ours_c, 3),
                "trl_gen_tok_s": round(trl_tps), "r1lab_gen_tok_s": round(ours_tps),
                "trl_gflops": round(flops / trl_s / 1e9, 1), "r1lab_gflops": round(flops / ours_s / 1e9, 1),
                "model_mb": round(mem["r1lab"]["built_mb"])}
         results.append(row)
-        print(f"  step: TRL {trl_s:.2f} s, r1lab {ours_s:.2f} s -> {trl_s / ours_s:.2f}x | rollout "
+        print(f"  step: TRL {trl_s:.2f} s, r1lab {ours_s:.2f} s -> {trl_s / ours_s:.2f}x (CPU time "
+              f"{trl_c:.2f} / {ours_c:.2f} s -> {trl_c / ours_c:.2f}x) | rollout "
               f"tok/s TRL {trl_tps:.0f}, r1lab {ours_tps:.0f} | peak RSS TRL {row['trl_peak_mb']} MB, "
               f"r1lab {row['r1lab_peak_mb']} MB (model built: {row['model_mb']} MB) | GFLOP/s TRL "
               f"{row['trl_gflops']}, r1lab {row['r1lab_gflops']} ({row['r1lab_gflops'] / peak:.0%} "
               f"of peak) | load {os.getloadavg()[0]:.2f}\n", flush=True)
-    print("| params | new tokens | TRL step s | r1lab step s | speedup | rollout tok/s TRL / r1lab "
-          "| peak RSS MB TRL / r1lab | GFLOP/s TRL / r1lab (% of peak) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| params | new tokens | TRL step s | r1lab step s | speedup | CPU-time speedup "
+          "| rollout tok/s TRL / r1lab | peak RSS MB TRL / r1lab | GFLOP/s TRL / r1lab (% of peak) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['params'] / 1e6:.1f}M | {r['new_tokens']} | {r['trl_step_s']} | {r['r1lab_step_s']} "
-              f"| {r['step_speedup']:.2f}x | {r['trl_gen_tok_s']} / {r['r1lab_gen_tok_s']} "
+              f"| {r['step_speedup']:.2f}x | {r['cpu_speedup']:.2f}x | {r['trl_gen_tok_s']} / {r['r1lab_gen_tok_s']} "
               f"| {r['trl_peak_mb']} / {r['r1lab_peak_mb']} | {r['trl_gflops']} / {r['r1lab_gflops']} "
               f"({r['r1lab_gflops'] / peak:.0%}) |")
     for d in dropped:

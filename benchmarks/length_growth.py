@@ -17,9 +17,11 @@ tuning (`R1LAB_MALLOC_TUNING=0`) and fixes glibc's mmap threshold at 64 KiB, so 
 buffer is mapped on allocation and unmapped on free. (Training runs keep the tuning: it saves
 page faults, and RSS then stays at the largest step's peak.)
 
-Prints one line per step and, last, JSON with the fits: step time and peak memory (above the
-RSS before the first step) against tokens generated, each as a least-squares line
-`a + b * tokens`, with R^2.
+Step time is reported as wall time and as the process's CPU time; with `--threads 1` (what
+the recorded run used, on a machine shared with other jobs) CPU time is the step's cost
+unaffected by time-slicing. Prints one line per step and, last, JSON with the fits: step wall
+time, CPU time and peak memory (above the RSS before the first step) against tokens
+generated, each as a least-squares line `a + b * tokens`, with R^2.
 """
 
 from __future__ import annotations
@@ -127,14 +129,15 @@ def plot(points: list[dict], fits: dict, path: str, title: str) -> None:
 
     x = [p["tokens"] for p in points]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, fit, label in ((a1, "step_s", fits["step_s"], "step time (s)"),
-                                (a2, "peak_mb", fits["peak_mb"], "peak RSS above start (MB)")):
-        ax.plot(x, [p[key] for p in points], "o", label="measured")
-        xs = [0, max(x)]
-        ax.plot(xs, [fit["a"] + fit["b"] * u for u in xs], "-",
-                label=f"{fit['a']:.2f} + {fit['b'] * 1000:.4f}/1k tok, R²={fit['r2']:.3f}")
-        if key == "step_s":
-            ax.plot(x, [p["generate_s"] for p in points], "s", ms=4, label="of which generate")
+    for ax, keys, label in ((a1, ("cpu_s", "step_s"), "step time (s)"),
+                            (a2, ("peak_mb",), "peak RSS above start (MB)")):
+        for key, mark in zip(keys, "o^"):
+            fit = fits[key]
+            name = {"cpu_s": "CPU time", "step_s": "wall time", "peak_mb": "peak RSS"}[key]
+            line = ax.plot(x, [p[key] for p in points], mark, label=f"{name}, measured")[0]
+            xs = [0, max(x)]
+            ax.plot(xs, [fit["a"] + fit["b"] * u for u in xs], "-", color=line.get_color(),
+                    label=f"fit {fit['a']:.2f} + {fit['b'] * 1000:.3f} per 1k tokens, R²={fit['r2']:.3f}")
         ax.set_xlabel("tokens generated in the step")
         ax.set_ylabel(label)
         ax.set_xlim(left=0)
@@ -172,21 +175,22 @@ def main() -> None:
         set_cap(tr, cap)
         if not reset_peak():
             raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs): Linux >= 4.0 needed")
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         m = tr.step()
-        step_s = time.perf_counter() - t
+        step_s, cpu_s = time.perf_counter() - t, time.process_time() - c
         peak = bs.peak_rss_mb()
         tokens = m["completion_len"] * args.prompts * bs.G
         if round(m["completion_len"]) != cap:
             raise SystemExit(f"cap {cap} but completions of {m['completion_len']} tokens: the cap did not apply")
         points.append({"cap": cap, "tokens": round(tokens), "step_s": round(step_s, 3),
+                       "cpu_s": round(cpu_s, 3),
                        "generate_s": round(m["generate_s"], 3),
                        "peak_mb": round(peak - start_rss, 1)})
         print(f"  cap {cap:4d}: {tokens:6.0f} tokens, step {step_s:6.2f} s (generate "
-              f"{m['generate_s']:5.2f} s), peak RSS {peak:7.1f} MB ({peak - start_rss:+.1f}), "
+              f"{m['generate_s']:5.2f} s; CPU time {cpu_s:6.2f} s), peak RSS {peak:7.1f} MB ({peak - start_rss:+.1f}), "
               f"load {os.getloadavg()[0]:.2f}", flush=True)
     x = [q["tokens"] for q in points]
-    fits = {k: linear_fit(x, [q[k] for q in points]) for k in ("step_s", "peak_mb")}
+    fits = {k: linear_fit(x, [q[k] for q in points]) for k in ("step_s", "cpu_s", "peak_mb")}
     plot(points, fits, args.png, f"GRPO, Qwen2 {n_params / 1e6:.1f}M, {args.prompts}x{bs.G} rows, "
          f"cap {schedule[0]} -> {schedule[-1]} tokens; {bs.cpu_model()}")
     print(f"plot: {args.png}; uptime: {bs.uptime()}")
