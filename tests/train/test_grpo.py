@@ -105,3 +105,19 @@ def test_eval_every_logs_heldout_pass1_on_those_steps(tmp_path: Path, micro_mode
                     [proto], max_new_tokens=12, seed=0)[proto.name]
     assert lines[-1]["eval/pass1"] == want["pass1"] and lines[-1]["eval/mean_len"] == want["mean_len"]
     assert want["mean_len"] > 0 and len(want["samples"]) == 5
+
+
+@pytest.mark.parametrize("algorithm,critic,key", [
+    ({"scale_rewards": "batch"}, None, "algorithm.scale_rewards"),
+    ({"advantage": "normalize_then_sum"}, None, "algorithm.advantage"),
+    ({"advantage": "gae"}, {}, "critic.whiten"),
+])
+def test_batch_wide_statistics_are_refused_across_processes(tmp_path, micro_model, tokenizer,
+                                                            algorithm, critic, key):
+    from r1lab.config import ConfigError
+    from r1lab.train.distributed import World
+
+    cfg = _cfg(algorithm=algorithm, **({"critic": critic} if critic is not None else {}))
+    GRPOTrainer(cfg, micro_model, tokenizer, _rows(), tmp_path)  # one process: fine
+    with pytest.raises(ConfigError, match=key):
+        GRPOTrainer(cfg, micro_model, tokenizer, _rows(), tmp_path, world=World(0, 2))

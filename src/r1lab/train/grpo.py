@@ -326,6 +326,10 @@ def _check_world(alg, world: World) -> None:
     from r1lab.config import ConfigError
 
     opts = alg.advantage.options
+    if alg.advantage.name == "normalize_then_sum":
+        raise ConfigError("algorithm.advantage: 'normalize_then_sum' normalises the summed rewards "
+                          f"over the whole batch, which is not supported across processes yet "
+                          f"({world.size} here); use 'grpo'")
     if opts.get("scale") == "batch":
         raise ConfigError("algorithm.scale_rewards: 'batch' (the std of the whole batch) is not "
                           f"supported across processes yet ({world.size} here); use 'group'")
