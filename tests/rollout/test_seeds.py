@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from r1lab.rollout.hf import HFSampler, sample_next
-from r1lab.rollout.types import SamplingParams, completion_seed, prompt_seed
+from r1lab.rollout.types import SamplingParams, completion_seed
 
 from .test_sampler import _model
 
@@ -75,16 +75,6 @@ def test_the_uniforms_of_a_completion_are_its_own_stream():
         p.uniforms(2)
     with pytest.raises(TypeError, match="SamplingParams.seeds: a tuple of ints"):
         SamplingParams(seeds=[1, 2])
-
-
-def test_prompt_seeds_are_a_function_of_seed_step_and_prompt_alone():
-    """prompt_seed(seed, step, k) = completion_seed(completion_seed(seed, step), k): computed
-    by any rank for its own share of the batch, it equals the single-process value."""
-    assert prompt_seed(1, 3, 5) == completion_seed(completion_seed(1, 3), 5)
-    whole = [prompt_seed(1, 3, k) for k in range(8)]
-    rank0, rank1 = [prompt_seed(1, 3, k) for k in range(0, 4)], [prompt_seed(1, 3, k) for k in range(4, 8)]
-    assert rank0 + rank1 == whole and len(set(whole)) == 8
-    assert len({prompt_seed(1, t, 0) for t in range(100)}) == 100
 
 
 def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:

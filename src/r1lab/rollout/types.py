@@ -34,17 +34,6 @@ def completion_seed(seed: int, index: int) -> int:
     return (x ^ (x >> 31)) >> 1  # 63 bits: any torch.Generator takes it
 
 
-def prompt_seed(seed: int, step: int, prompt: int) -> int:
-    """A prompt's sampling seed at a training step: a pure function of the run's seed, the step
-    and the prompt's global index in that step's batch, so every rank and world size gives the
-    same prompt the same seed (`SamplingParams(seeds=...)`).
-
-    >>> prompt_seed(1, 3, 0) == prompt_seed(1, 3, 0) != prompt_seed(1, 3, 1) != prompt_seed(1, 4, 0)
-    True
-    """
-    return completion_seed(completion_seed(seed, step), prompt)
-
-
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample. Randomness: with `seeds` (one per prompt), completion j of prompt i
