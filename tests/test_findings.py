@@ -85,3 +85,15 @@ def test_readability_scenario_runs_r1zero_and_the_four_stages(tmp_path):
     for name in ("r1zero", "r1"):
         for k in ("pass1", "mixing_rate", "format_error_rate", "mean_reasoning_len"):
             assert s[f"{name}_{k}"] == s[name][k] and s[name]["n"] == 8 * 2
+
+
+@pytest.mark.slow  # ~10 s of CPU: two pre-trainings, two RL runs, two SFTs, micro-sized
+def test_distillation_scenario_compares_at_equal_steps_and_compute(tmp_path):
+    overrides = [o for o in MICRO if not o.startswith("pretrain.reflect")] + [
+        "scenario.teacher_tiny={hidden_size: 48, num_layers: 2, num_heads: 2, num_kv_heads: 2, intermediate_size: 96}",
+        "reject.num_prompts=16", "reject.min_scores={format: 0.0}", "sft.batch_size=8"]
+    s = run_demo(load_demo_config(scenario="distillation", overrides=overrides), tmp_path, seed=1)
+    assert s["student_params"] < s["teacher_params"] and s["sft_steps"]["equal_steps"] == 6
+    assert s["teacher_samples"] == 16  # every sample passes a 0 threshold: one kept per prompt
+    for name in ("teacher", "student_base", "rl", "distill_equal_steps", "distill_equal_compute"):
+        assert 0.0 <= s[f"{name}_pass1"] <= 1.0 and s[name]["n"] == 8 * 2

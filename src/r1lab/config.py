@@ -352,6 +352,8 @@ class ScenarioConfig(Section):
     aha_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="reflection: the aha step is the first from which the "
         "per-step reflection rate stays at or above this")
+    teacher_tiny: TinyModelConfig | None = Field(
+        None, description="distillation: the teacher's size (`model.tiny` is the smaller student)")
 
 
 class EvalConfig(Section):

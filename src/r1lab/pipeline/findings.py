@@ -119,7 +119,7 @@ def caught_slip(pairs: Sequence[tuple[dict[str, Any], str]]) -> dict[str, str] |
     return None
 
 
-def _rl(cfg: RunConfig, model, tokenizer, train_rows, out: Path) -> float:
+def train_rl(cfg: RunConfig, model, tokenizer, train_rows, out: Path) -> float:
     """GRPO on `model` in place, run folder `out` (metrics.jsonl, samples.jsonl, rl/); seconds."""
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -130,7 +130,7 @@ def _rl(cfg: RunConfig, model, tokenizer, train_rows, out: Path) -> float:
     return time.perf_counter() - t
 
 
-def _base(cfg: RunConfig, seed: int, out: Path, console: Console):
+def load_base(cfg: RunConfig, seed: int, out: Path, console: Console):
     """The pre-trained base: `out/base` when an earlier run of this config and seed finished
     pre-training there (`base.json` says so), else pre-trained now. Reseeded afterwards either
     way, so what follows does not depend on which it was."""
@@ -139,6 +139,7 @@ def _base(cfg: RunConfig, seed: int, out: Path, console: Console):
     from r1lab.pipeline.demo import pretrain_base
 
     what = {"seed": seed, **json.loads(cfg.model_dump_json(include={"model", "data", "pretrain"}))}
+    out.mkdir(parents=True, exist_ok=True)
     marker = out / "base.json"
     if marker.is_file() and json.loads(marker.read_text()) == what:
         console.print(f"[dim]base pre-trained before with this config: {out / 'base'}[/]")
@@ -150,7 +151,7 @@ def _base(cfg: RunConfig, seed: int, out: Path, console: Console):
     return model, tokenizer
 
 
-def _start(cfg: RunConfig, out_dir: str | Path, seed: int):
+def prepare(cfg: RunConfig, out_dir: str | Path, seed: int):
     from r1lab.pipeline.demo import synthetic_task
 
     out = Path(out_dir)
@@ -169,11 +170,11 @@ def run_reflection(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: 
     """Self-verification: base vs RL policy on held-out problems, reflection curve, aha step."""
     console = console or Console()
     wall0 = time.perf_counter()
-    cfg, out, train_rows, heldout = _start(cfg, out_dir, seed)
+    cfg, out, train_rows, heldout = prepare(cfg, out_dir, seed)
     timings: dict[str, float] = {}
     console.rule("[bold]1/4 pre-training the base (some solutions slip, a few check themselves)")
     t = time.perf_counter()
-    model, tokenizer = _base(cfg, seed, out, console)
+    model, tokenizer = load_base(cfg, seed, out, console)
     timings["pretrain"] = time.perf_counter() - t
     console.rule("[bold]2/4 the base on held-out problems")
     t = time.perf_counter()
@@ -181,7 +182,7 @@ def run_reflection(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: 
     base = behaviour(base_pairs)
     timings["eval_base"] = time.perf_counter() - t
     console.rule("[bold]3/4 pure RL with an accuracy reward")
-    timings["grpo"] = _rl(cfg, model, tokenizer, train_rows, out)
+    timings["grpo"] = train_rl(cfg, model, tokenizer, train_rows, out)
     console.rule("[bold]4/4 the RL policy on held-out problems")
     t = time.perf_counter()
     rl_pairs = sample_heldout(model, tokenizer, heldout, cfg, seed=seed)
@@ -214,13 +215,13 @@ def run_language(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Co
     """Language mixing: R1-Zero vs R1-Zero + language consistency, from the same base."""
     console = console or Console()
     wall0 = time.perf_counter()
-    cfg, out, train_rows, heldout = _start(cfg, out_dir, seed)
+    cfg, out, train_rows, heldout = prepare(cfg, out_dir, seed)
     if not any(c.name == "language" for c in cfg.rewards.components):
         raise ValueError("scenario language: rewards.components needs the `language` reward (the run with it)")
     timings: dict[str, float] = {}
     console.rule("[bold]1/4 pre-training the base (some solutions switch alphabet mid-way)")
     t = time.perf_counter()
-    model, tokenizer = _base(cfg, seed, out, console)
+    model, tokenizer = load_base(cfg, seed, out, console)
     timings["pretrain"] = time.perf_counter() - t
     base = behaviour(sample_heldout(model, tokenizer, heldout, cfg, seed=seed))
     results = {}
@@ -229,7 +230,7 @@ def run_language(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Co
     for i, (name, run_cfg) in enumerate((("r1zero", zero_cfg), ("lc", cfg))):
         console.rule(f"[bold]{i + 2}/4 {'R1-Zero' if name == 'r1zero' else 'R1-Zero + language consistency'}")
         policy = copy.deepcopy(model)
-        timings[name] = _rl(run_cfg, policy, tokenizer, train_rows, out / name)
+        timings[name] = train_rl(run_cfg, policy, tokenizer, train_rows, out / name)
         results[name] = behaviour(sample_heldout(policy, tokenizer, heldout, cfg, seed=seed))
         build_report(out / name)
     zero, lc = results["r1zero"], results["lc"]
@@ -260,18 +261,18 @@ def run_readability(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console:
 
     console = console or Console()
     wall0 = time.perf_counter()
-    cfg, out, train_rows, heldout = _start(cfg, out_dir, seed)
+    cfg, out, train_rows, heldout = prepare(cfg, out_dir, seed)
     if not cfg.pipeline.cold_start:
         raise ValueError("scenario readability: pipeline.cold_start is needed (R1's stage 1)")
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    model, tokenizer = _base(cfg, seed, out, console)
+    model, tokenizer = load_base(cfg, seed, out, console)
     timings["pretrain"] = time.perf_counter() - t
     base = behaviour(sample_heldout(model, tokenizer, heldout, cfg, seed=seed))
     zero_cfg = cfg.model_copy(deep=True)
     zero_cfg.rewards.components = [c for c in cfg.rewards.components if c.name != "language"]
     console.rule("[bold]R1-Zero from the base")
-    timings["r1zero"] = _rl(zero_cfg, model, tokenizer, train_rows, out / "r1zero")
+    timings["r1zero"] = train_rl(zero_cfg, model, tokenizer, train_rows, out / "r1zero")
     zero = behaviour(sample_heldout(model, tokenizer, heldout, cfg, seed=seed))
     console.rule("[bold]R1's four stages from the same base")
     r1_cfg = cfg.model_copy(deep=True)
@@ -311,3 +312,6 @@ def findings_table(s: dict[str, Any], rows: Sequence[tuple[str, dict[str, Any]]]
         table.add_row(name, *("-" if b[c] is None else f"{b[c]:.3f}" for c in cols))
     table.caption = f"wall {s['wall_seconds']:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in s['phase_seconds'].items())})"
     return table
+
+
+from r1lab.pipeline import findings_distill  # noqa: E402, F401  (registers "distillation")
