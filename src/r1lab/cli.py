@@ -89,7 +89,7 @@ def demo(
     config: Annotated[Optional[Path], typer.Option(help="config file (default: the embedded demo)")] = None,  # noqa: UP045
     set_: SetOpt = None,
     scenario: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="a finding of the paper: reflection, language (default: r1zero, the plain demo)")] = None,
+        help="a finding of the paper: reflection, language, readability, distillation (default: r1zero, the plain demo)")] = None,
 ) -> None:
     """R1-Zero from scratch: pre-train a weak tiny base, GRPO it, compare on held-out problems."""
     from r1lab.config import ConfigError
