@@ -127,3 +127,19 @@ def test_a_reward_without_its_field_fails_before_the_run(tmp_path):
     cfg = RunConfig.model_validate({"data": {"source": str(f)}, "rewards": {"components": [{"name": "code"}]}})
     with pytest.raises(DataError, match="code needs 'tests'"):
         load_prompt_rows(cfg)
+
+
+def test_mixed_math_and_code_rows_need_one_reward_field_each(tmp_path):
+    f = _jsonl(tmp_path / "mix.jsonl", [{"question": "1+1", "answer": "2"},
+                                        {"question": "Write f.", "tests": ["assert f() == 1"]},
+                                        {"question": "neither"}])
+    rewards = {"components": [{"name": "accuracy"}, {"name": "code"}]}
+    cfg = RunConfig.model_validate({"data": {"source": str(f)}, "rewards": rewards})
+    with pytest.raises(DataError, match=r"accuracy needs 'answer' in every row, but .*mix\.jsonl:3"):
+        load_prompt_rows(cfg)
+    _jsonl(f, [{"question": "1+1", "answer": "2"}, {"question": "Write f.", "tests": ["assert f() == 1"]}])
+    assert len(load_prompt_rows(cfg)[0]) == 2
+    from r1lab.rewards.math import accuracy
+
+    s = accuracy("<answer>2</answer>", {"question": "Write f.", "tests": ["assert f() == 1"]})
+    assert s.value == 0.0 and s.metrics["no_gold"] is True

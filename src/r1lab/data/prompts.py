@@ -84,14 +84,17 @@ def _synthetic(row: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
 def check_fields(rows: Sequence[dict[str, Any]], wheres: Sequence[str], cfg: RunConfig) -> None:
     """Each configured reward finds what it reads in every row (a reward's `answer_key` /
     `tests_key` kwargs are honoured); the first row that lacks it is a DataError naming the
-    reward's config key, the file and line, and the fields the row has."""
+    reward's config key, the file and line, and the fields the row has. In mixed data (math and
+    code rows, R1's all-scenario RL) a row may lack one reward's field when it has another's."""
+    keys = {i: c.kwargs.get("answer_key" if NEEDS[c.name] == "answer" else "tests_key", NEEDS[c.name])
+            for i, c in enumerate(cfg.rewards.components) if c.name in NEEDS}
     for i, comp in enumerate(cfg.rewards.components):
         need = NEEDS.get(comp.name)
         if need is None:
             continue
-        key = comp.kwargs.get("answer_key" if need == "answer" else "tests_key", need)
+        key = keys[i]
         for row, where in zip(rows, wheres):
-            if row.get(key) is None:
+            if row.get(key) is None and all(row.get(k) is None for k in keys.values()):
                 hint = (f"data.answer_field: {cfg.data.answer_field!r}" if need == "answer"
                         else "a code format (data.format: humaneval | mbpp | stdio)")
                 raise DataError(

@@ -386,7 +386,8 @@ def _vector_eq(gold: list, pred: list, timeout: int | None) -> bool:
 def accuracy(completion: str, row: dict, answer_key: str = "answer", **_: Any) -> Score:
     """1.0 when the graded answer equals the gold `row[answer_key]`, else 0.0.
 
-    A row without a gold (`None` or no such field) is an error, never a silent 0.
+    A row without a gold (`None` or no such field) is an error, never a silent 0; only a code
+    row of mixed math + code data (it has `tests`) scores 0 here, with `no_gold` set.
 
     >>> accuracy("<think>23+45: 3+5=8, 2+4=6</think><answer>68</answer>", {"answer": "68"})
     Score(value=1.0, metrics={'extracted_answer': '68', 'no_answer': False, 'parse_failure': False})
@@ -394,6 +395,9 @@ def accuracy(completion: str, row: dict, answer_key: str = "answer", **_: Any) -
     True
     """
     gold = row.get(answer_key)
+    if gold is None and row.get("tests") is not None:  # a code row of mixed data: not graded here
+        return Score(0.0, {"extracted_answer": None, "no_answer": False, "parse_failure": False,
+                           "no_gold": True})
     if gold is None:
         raise ValueError(f"accuracy: the row has no gold answer in field {answer_key!r} "
                          f"(fields: {', '.join(map(str, row)) or 'none'})")
