@@ -237,14 +237,20 @@ def test_r1lab_score_on_benchmark_format_rows(tmp_path):
     m = out[0]["reward_metrics"]
     assert (m["code/passed"], m["code/total"], m["code/format"]) == (6, 6, "humaneval")
     assert out[7]["reward_metrics"]["code/program"] == "bare"
+
+
+@pytest.mark.slow
+def test_r1lab_score_on_a_published_humaneval_row_and_a_wrong_key(tmp_path):
     # the published HumanEval row as it is: `test`, `prompt`, `entry_point`
     raw = {"task_id": "HumanEval/x", "prompt": HE_PROMPT, "test": HE_TEST,
            "entry_point": "below_zero", "completion": HE_RIGHT}  # fmt: skip
     proc, out = _r1lab_score(tmp_path, [raw], "--tests-key", "test")
     assert proc.returncode == 0, proc.stderr
     assert out[0]["rewards"]["code"] == 1.0
-    proc, _ = _r1lab_score(tmp_path, [raw])  # wrong tests key: an error, not zeros
-    assert proc.returncode != 0 and "no row has a 'tests' field" in proc.stderr + proc.stdout
+    proc, out = _r1lab_score(tmp_path, [raw])  # read as training reads it: test -> tests
+    assert proc.returncode == 0 and out[0]["rewards"]["code"] == 1.0, proc.stderr
+    proc, _ = _r1lab_score(tmp_path, [raw], "--tests-key", "checks")  # a wrong key: an error, not zeros
+    assert proc.returncode != 0 and "no row has a 'checks' field" in proc.stderr + proc.stdout
 
 
 def test_a_training_config_with_a_wrong_tests_key_fails_before_the_run():
