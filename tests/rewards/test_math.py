@@ -175,3 +175,12 @@ def test_multiple_choice_rows_are_graded_on_the_letter():
               for c in ["B", "(B)", "B) Neon", "The answer is B", r"\boxed{B}", "C", "A or B", "Neon"]}
     assert graded == {"B": 1.0, "(B)": 1.0, "B) Neon": 1.0, "The answer is B": 1.0, r"\boxed{B}": 1.0,
                       "C": 0.0, "A or B": 0.0, "Neon": 0.0}
+
+
+def test_docstring_examples():
+    import doctest
+
+    from r1lab.rewards import math as rmath
+
+    result = doctest.testmod(rmath)
+    assert result.failed == 0 and result.attempted >= 18
