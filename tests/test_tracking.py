@@ -121,19 +121,46 @@ def test_unavailable_tracker_is_a_clear_error_naming_the_extra(tmp_path: Path, m
         RunLogger(_cfg(report_to=["mlflow"]), tmp_path)
 
 
-def test_only_the_main_rank_writes_but_every_rank_sees_the_stop(tmp_path: Path):
-    cfg = _cfg(alarm_window=2, stop_on=["zero_signal"])
+def test_only_the_main_rank_writes_but_every_rank_runs_the_checks(tmp_path: Path):
+    cfg = _cfg(alarm_window=2)
     loggers = [RunLogger(cfg, tmp_path / f"r{r}", world=World(r, 2)) for r in range(2)]
     for step, z in enumerate([0.5, 1.0, 1.0], 1):
         for lg in loggers:
             lg.log_metrics({"step": step, "zero_signal_groups": z})
     for lg in loggers:
         lg.close()
-        assert lg.stop_reason and lg.stop_reason.startswith("alarm zero_signal at step 3 (log.stop_on)")
+        assert [(a.name, a.step) for a in lg.alarms] == [("zero_signal", 3)]
     assert not (tmp_path / "r1" / "metrics.jsonl").exists()
     lines = [json.loads(x) for x in (tmp_path / "r0" / "metrics.jsonl").read_text().splitlines()]
     assert [x.get("alarm/zero_signal") for x in lines] == [None, None, 1]
     assert lines[2]["alarms"][0].startswith("zero_signal: 100% of groups had all-equal rewards")
+
+
+def _stop_on_two_ranks(world: World, run_dir: str):
+    """Rank 0 alone holds the held-out eval (as in the GRPO loop), whose fall trips
+    reward_hacking; both ranks must stop at that step."""
+    cfg = _cfg(alarm_window=1, stop_on=["reward_hacking"])
+    with RunLogger(cfg, Path(run_dir) / f"r{world.rank}", world=world) as lg:
+        for step, reward in enumerate([0.2, 0.5, 0.8, 0.9], 1):
+            m = {"step": step, "reward": reward}
+            if world.is_main and step in (1, 3):
+                m["eval/pass1"] = 0.6 if step == 1 else 0.4
+            lg.log_metrics(m)
+            if lg.stop_reason:
+                return step, lg.stop_reason
+    return None
+
+
+@pytest.mark.distributed
+def test_stop_on_is_taken_by_every_rank_at_the_same_step(tmp_path: Path):
+    from tests.train.dist_helpers import run_ranks
+
+    results = run_ranks(_stop_on_two_ranks, 2, str(tmp_path))
+    for r in results:
+        assert not isinstance(r, Exception), r
+    assert [r[0] for r in results] == [3, 3]
+    assert results[0][1] == results[1][1]
+    assert results[0][1].startswith("alarm reward_hacking at step 3 (log.stop_on): held-out pass@1 fell 0.600 -> 0.400")
 
 
 def test_alarm_not_in_stop_on_is_logged_but_does_not_stop(tmp_path: Path, capsys):

@@ -4,8 +4,9 @@ trackio, MLflow), each through its own library (an optional extra: `pip install 
 
 Only the main process writes: in a multi-process run the other ranks' loggers are silent, so
 the files hold one line per step whatever the world size. The run-health alarms
-(`r1lab.health`) run on every rank over the same (global) metrics, so a `log.stop_on` alarm
-stops every rank at the same step; only the main rank prints and logs them.
+(`r1lab.health`) run on every rank; with `log.stop_on` in a multi-process run rank 0's stop
+decision (rank 0 also holds the held-out eval metrics) is broadcast each step, so every rank
+stops at the same step. Only the main rank prints and logs alarms.
 
 Trackers get the numeric scalars of each record under TRL's names where r1lab measures the same
 thing (`tracker_name`), so a dashboard built for TRL's GRPOTrainer reads an r1lab run; the jsonl
@@ -243,6 +244,9 @@ class RunLogger:
                                    f"{a.message}", highlight=False)
             if self.stop_reason is None and stops(self.log_cfg, a):
                 self.stop_reason = f"alarm {a.name} at step {a.step} (log.stop_on): {a.message}"
+        if self.world.size > 1 and self.log_cfg.stop_on:
+            # only rank 0 has every metric (held-out eval runs there): its decision holds for all
+            self.stop_reason = self.world.broadcast(self.stop_reason, 0)
         if self._metrics is not None:
             self._metrics.write(metrics)
             values, step = scalars(metrics), int(metrics.get("step", 0))

@@ -152,7 +152,8 @@ def test_report_of_a_grpo_run(pipeline_run: Path):
 def test_report_of_an_sft_run(pipeline_run: Path):
     page = Page(build_report(pipeline_run / "1_cold_start").read_text())
     assert "SFT" in page.all and "think_rate" not in page.all
-    assert {alt for alt, _ in page.imgs} == {"loss", "gradient norm (before clipping)", "learning rate"}
+    assert {alt for alt, _ in page.imgs} == {"loss", "gradient norm (before clipping)", "learning rate",
+                                             "seconds per step"}
 
 
 def test_report_of_a_pipeline_folder_has_the_stage_table_and_a_section_per_stage(pipeline_run: Path):

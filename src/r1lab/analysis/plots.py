@@ -98,7 +98,8 @@ def run_plots(metrics: Records, samples_by_step: dict[int, list[dict[str, Any]]]
 
     components = [k for k in keys_like(metrics, "reward/") if k.count("/") == 1]
     add("training reward: total and per component (mean over completions)", ["reward", *components])
-    add("held-out pass@1 during training (eval.every)", keys_like(metrics, "eval/"), unit_range=True)
+    add("held-out pass@1 and think rate during training (eval.every)",
+        [k for k in keys_like(metrics, "eval/") if k.endswith(("pass1", "think_rate"))], unit_range=True)
     add("KL estimate", ["kl", *keys_like(metrics, "rollout/mismatch_kl")])
     add("policy entropy (nats per token)", ["entropy"])
     add("loss", ["loss", *(k for k in ("value_loss", "vf_loss") if k in (metrics[-1] if metrics else {}))])
@@ -125,4 +126,6 @@ def run_plots(metrics: Records, samples_by_step: dict[int, list[dict[str, Any]]]
                                                 "no_answer_rate")))]
     add("reward errors per step, and no-answer / no-program / no-test rates", errors)
     add("share of groups with all-equal rewards (no gradient)", ["zero_signal_groups"], unit_range=True)
+    add("peak memory per process (MiB)", keys_like(metrics, "memory/"))
+    add("seconds per step", [k for k in ("step_s", "generate_s", "update_s") if k in (metrics[-1] if metrics else {})])
     return out
