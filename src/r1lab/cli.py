@@ -213,8 +213,8 @@ def eval_(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="a run folder with metrics.jsonl")]) -> None:
-    """Self-contained HTML report of a run: curves, think rate, reflection words, samples."""
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder (GRPO, PPO, SFT, demo, pipeline r1, distill)")]) -> None:
+    """Self-contained HTML report of a run: alarms, config, curves, aha step, labelled samples."""
     from r1lab.analysis.report import build_report
 
     try:
