@@ -14,7 +14,13 @@ What a run gets (as root, the usual case in CI and containers; without root, see
 * rlimits: CPU seconds, address space, file size, open files, processes, no core dumps;
 * a wall-clock timeout; stdout/stderr read up to a cap, the rest discarded;
 * at the end, SIGKILL to the process group and then to every process of its uid (sent *as* that
-  uid, so nothing else can be hit), until none is left.
+  uid, so nothing else can be hit), until none is left;
+* the same rlimits (memory, CPU, files) on its supervisor, the process that sets all this up and
+  waits for the code: nothing of the run is outside the memory cap;
+* its host-side scratch (`$TMPDIR/r1lab-sandbox-<pid>-*`) removed on every exit path: an
+  exception raised into the caller mid-clean-up (the reward watchdog's timeout) still finishes
+  it; if the host process itself is SIGKILLed, the run dies with it (a parent-death signal on
+  the supervisor) and the next run in any process sweeps the dead host's scratch.
 
 What it does not protect against: kernel exploits (no seccomp filter, shared kernel); reading
 world-readable host files outside the hidden dirs (e.g. /etc/passwd, the r1lab source); CPU and
