@@ -17,6 +17,8 @@ from it (`load_template`, `saved_prompt`), so the served policy sees what it was
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -68,9 +70,19 @@ def is_tiny_tokenizer(tokenizer: Any) -> bool:
     when reloaded from a checkpoint: the same small vocabulary."""
     if tokenizer is None or getattr(tokenizer, "chat_template", None) or len(tokenizer) > 256:
         return False
+    known = getattr(tokenizer, "_r1lab_is_tiny", None)  # asked once per tokenizer object
+    if known is None:
+        known = tokenizer.get_vocab() == _tiny_vocab()
+        with contextlib.suppress(AttributeError):
+            tokenizer._r1lab_is_tiny = known
+    return known
+
+
+@functools.cache
+def _tiny_vocab() -> dict[str, int]:
     from r1lab.models.tiny import build_char_tokenizer
 
-    return tokenizer.get_vocab() == build_char_tokenizer().get_vocab()
+    return build_char_tokenizer().get_vocab()
 
 
 def resolve(template: str, tokenizer: Any) -> str:
