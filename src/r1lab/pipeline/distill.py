@@ -44,7 +44,8 @@ def run_distill(cfg: RunConfig, out_dir: str | Path, console: Console | None = N
 
     def student(c: RunConfig, folder: Path) -> dict[str, Any]:
         result = run_sft(c, folder, console=console)
-        if cfg.data.source.startswith("synthetic:"):  # held-out problems exist: evaluate
+        d = cfg.data  # held-out problems exist (a synthetic split, eval_source/eval_fraction): evaluate
+        if d.source.startswith("synthetic:") or d.eval_source or d.eval_fraction > 0:
             ev = c.model_copy(update={"model": c.model.model_copy(update={"path": result["final"]}),
                                       "data": cfg.data})
             result["eval"] = {k: v["pass1"] for k, v in run_eval(ev, folder / "eval", console=console).items()}

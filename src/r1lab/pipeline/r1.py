@@ -147,7 +147,7 @@ def run_r1(cfg: RunConfig, out_dir: str | Path, console: Console | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     stage = Stages(cfg, out, console)
-    heldout = load_prompt_rows(cfg)[1] if cfg.data.source.startswith("synthetic:") else []
+    heldout = load_prompt_rows(cfg)[1]  # a synthetic split, or data.eval_source / eval_fraction
 
     def grpo(scfg: RunConfig, folder: Path) -> dict[str, Any]:
         return run_grpo(scfg, folder, console=console, resume="auto")
