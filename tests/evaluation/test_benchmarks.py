@@ -119,3 +119,26 @@ def test_train_grpo_on_a_math_file_with_problem_and_solution_fields(seven, tmp_p
     out = _r1lab("eval", str(ev), "--out", str(tmp_path / "ev"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["greedy"]["pass1"] == 1.0
+
+
+def test_run_eval_routes_each_benchmark_to_its_reward_and_checks_overlap(tmp_path):
+    """Fast, in process, on an untrained micro model (nothing it writes is right)."""
+    from tests.conftest import MICRO
+
+    from r1lab.config import RunConfig
+    from r1lab.pipeline.evaluate import run_eval
+
+    math = _jsonl(tmp_path / "m.jsonl", [{"problem": "3+4", "solution": r"\boxed{7}"},
+                                         {"problem": "2+2", "solution": r"\boxed{4}"}])
+    mbpp = _jsonl(tmp_path / "mbpp.jsonl", [{"text": "Write f returning 1.", "test_list": ["assert f() == 1"]}])
+    train = _jsonl(tmp_path / "train.jsonl", [{"question": "3+4", "answer": "7"}])
+    cfg = RunConfig.model_validate({
+        "model": {"tiny": MICRO.model_dump()}, "data": {"source": str(train), "template": "tiny"},
+        "rollout": {"max_new_tokens": 4},
+        "eval": {"benchmarks": [str(math), str(mbpp)], "k": 2, "temperatures": [0.6],
+                 "contamination_ngram": 2}})
+    res = run_eval(cfg, tmp_path / "ev")
+    assert (res["m"]["reward"], res["mbpp"]["reward"]) == ("accuracy", "code")
+    assert res["m"]["protocols"]["T=0.6"]["pass1"] == 0.0 and res["m"]["protocols"]["T=0.6"]["pass1_ci"] == [0.0, 0.0]
+    assert res["m"]["contamination"]["examples"] == [0] and res["mbpp"]["contamination"]["contaminated"] == 0
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text()) == res
