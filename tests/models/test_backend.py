@@ -146,3 +146,35 @@ def test_deterministic_rms_norm_weight_gradient_by_hand():
         ref_x = torch.tensor([[3.0, 4.0], [0.0, 2.0]], requires_grad=True)
         kernels.reference_rms_norm(ref_x, w.detach(), 0.0).backward(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
         torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_writes_the_resolved_backend_into_its_config_yaml(tmp_path, monkeypatch):
+    """`run_grpo` loads the model through `load_policy(cfg)`: the run's config.yaml holds the
+    concrete choices and how each was made, not `auto`."""
+    import yaml
+
+    from r1lab.pipeline.run import run_grpo
+
+    monkeypatch.setattr(onednn, "tune_weight_grad", _no_timing)
+    monkeypatch.setenv("R1LAB_MALLOC_TUNING", "0")
+    tiny = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
+            "intermediate_size": 32, "max_position_embeddings": 64}
+    cfg = RunConfig.model_validate({
+        "model": {"tiny": tiny, "device": "cpu", "threads": 1},
+        "data": {"train_size": 4, "heldout_size": 2},
+        "rollout": {"group_size": 2, "max_new_tokens": 4},
+        "train": {"steps": 1, "batch_size": 2, "micro_batch_size": 4},
+        "eval": {"num_problems": 1, "k": 1, "temperatures": [1.0], "greedy": False},
+        "log": {"progress": False, "samples_per_step": 0},
+        "backend": {"onednn": "off", "onednn_wgrad": "tune"}})
+    run_grpo(cfg, tmp_path / "run")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["backend"]
+    assert saved["onednn"] == "off" and saved["kernels"] in ("on", "off")
+    # tune asked for, but oneDNN is off: the tuner is not run (it would raise) and MKL is used
+    assert saved["onednn_wgrad"] == "mkl"
+    assert saved["chosen_by"]["onednn_wgrad"] == "config: tune -> mkl (oneDNN is off: nothing to time)"
+    # the env override wins; an earlier test in this process may have tuned already (for good)
+    assert saved["malloc_tuning"] == ("on" if runtime._tuned else "off")
+    assert saved["chosen_by"]["malloc_tuning"].startswith("env R1LAB_MALLOC_TUNING=0: off")
+    assert saved["chosen_by"]["malloc_tuning"].endswith("cannot be undone)") is bool(runtime._tuned)
+    assert saved["chosen_by"]["onednn"] == "config: off"

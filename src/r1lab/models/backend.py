@@ -86,7 +86,9 @@ def resolve(cfg: RunConfig) -> dict[str, Any]:
     want, src = requested("onednn_wgrad", b.onednn_wgrad)
     if want == "tune" and deterministic:
         want, src = "auto", f"{src}: tune, replaced by the fixed rule (train.deterministic)"
-    if want == "tune":
+    if want == "tune" and not ok_dnn:
+        path, how = "mkl", f"{src}: tune -> mkl (oneDNN is off: nothing to time)"
+    elif want == "tune":
         path, times = onednn.tune_weight_grad()
         how = f"{src}: tune -> {path} (best of 4: " + ", ".join(f"{k} {v}" for k, v in times.items()) + ")"
     elif want == "auto":
@@ -105,7 +107,10 @@ def resolve(cfg: RunConfig) -> dict[str, Any]:
     if want == "on" and not tuned:
         raise ConfigError(f"backend.malloc_tuning: on ({src}), but this C library cannot be tuned "
                           "(glibc on Linux only)")
-    by["malloc_tuning"] = f"{src}: {want}" + (f" -> {'on' if tuned else 'off'}" if want == "auto" else "")
+    by["malloc_tuning"] = f"{src}: {want}" + (
+        f" -> {'on' if tuned else 'off'}" if want == "auto" else
+        ", but already tuned earlier in this process (it cannot be undone)" if want == "off" and tuned
+        else "")
 
     b.kernels = "on" if ok else "off"
     b.onednn = "on" if ok_dnn else "off"
