@@ -35,6 +35,11 @@ MBPP = [{"task_id": 2, "text": "Write a function to add two numbers.", "code": "
          "test_list": ["assert double(2) == 4"], "test_setup_code": ""}]  # fmt: skip
 
 
+HUMANEVAL = [{"task_id": "HumanEval/0", "prompt": "def add(a: int, b: int) -> int:\n    \"\"\"Sum of a and b.\"\"\"\n",
+              "canonical_solution": "    return a + b\n", "entry_point": "add",
+              "test": "METADATA = {}\n\n\ndef check(candidate):\n    for i in range(3):\n        assert candidate(i, 1) == i + 1\n"}]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory) -> Path:
     return build_standin(tmp_path_factory.mktemp("standin") / "model", context=512)
@@ -49,13 +54,15 @@ def _write(path: Path, rows: list[dict]) -> Path:
     ("gsm8k_qwen2.5_0.5b", GSM8K, "chat"),
     ("math_qwen2.5_1.5b", MATH, "r1_zero"),
     ("code_qwen2.5_coder", MBPP, "chat"),
+    ("code_qwen2.5_coder", HUMANEVAL, "chat"),
 ])  # fmt: skip
 def test_example_config_runs_two_steps_on_its_standin(tmp_path, standin, name, rows, template):
     from r1lab.data.templates import load_template
     from r1lab.pipeline.run import run_grpo
 
     data = _write(tmp_path / "train.jsonl", rows)
-    cfg = load_config(CONFIGS / f"{name}.yaml", [f"model.path={standin}", f"data.source={data}", *SMALL])
+    fmt = ["data.format=humaneval"] if rows is HUMANEVAL else []
+    cfg = load_config(CONFIGS / f"{name}.yaml", [f"model.path={standin}", f"data.source={data}", *SMALL, *fmt])
     overlong = next(c for c in cfg.rewards.components if c.name == "overlong")
     assert overlong.kwargs["max_length"] == 12  # tied to the overridden rollout.max_new_tokens
     result = run_grpo(cfg, tmp_path / "run")
@@ -68,6 +75,8 @@ def test_example_config_runs_two_steps_on_its_standin(tmp_path, standin, name, r
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(m["reward_errors"] == 0 for m in metrics)  # every completion was scored
     assert all(m["rewards/overlong/length_mean"] <= 12 for m in metrics)
+    if name.startswith("code"):  # the code reward ran on every completion, in the sandbox
+        assert all("rewards/code/mean" in m and m["rewards/errors/code"] == 0 for m in metrics)
 
 
 def test_a_model_directory_without_tokenizer_files_fails_before_any_run_folder(tmp_path, standin):
