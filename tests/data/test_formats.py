@@ -143,3 +143,11 @@ def test_mixed_math_and_code_rows_need_one_reward_field_each(tmp_path):
 
     s = accuracy("<answer>2</answer>", {"question": "Write f.", "tests": ["assert f() == 1"]})
     assert s.value == 0.0 and s.metrics["no_gold"] is True
+
+
+def test_file_only_keys_are_refused_for_a_synthetic_task():
+    from r1lab.config import ConfigError
+
+    for data in ({"eval_fraction": 0.1}, {"eval_source": "x.jsonl"}, {"format": "gsm8k"}):
+        with pytest.raises(ConfigError, match=f"data.{next(iter(data))}: .* applies to file data"):
+            load_prompt_rows(_cfg(train_size=2, heldout_size=2, **data))

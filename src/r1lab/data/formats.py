@@ -114,13 +114,13 @@ def last_boxed_gold(text: str) -> str | None:
 def gsm8k_gold(text: str) -> str:
     """The number after `####` in a GSM8K answer, thousands commas dropped.
 
-    >>> gsm8k_gold("He pays 3 * 24 = <<3*24=72>>72\\n#### 1,072")
-    '1072'
+    >>> gsm8k_gold("He pays 3 * 24 = <<3*24=72>>72\\n#### 1,072"), gsm8k_gold("#### $18.")
+    ('1072', '18')
     """
     m = _GSM8K_GOLD.search(text)
     if not m:
         raise FormatError("GSM8K answer has no '#### <number>' line")
-    return m.group(1).replace(",", "").strip()
+    return m.group(1).replace(",", "").strip().lstrip("$").rstrip(".").strip()
 
 
 def _pick(row: dict, wanted: str | None, columns: tuple[str, ...], what: str) -> str | None:

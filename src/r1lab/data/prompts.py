@@ -44,6 +44,12 @@ def load_prompt_rows(cfg: RunConfig) -> tuple[list[dict[str, Any]], list[dict[st
     if d.source.startswith("synthetic:"):
         from r1lab.data.tasks import generate
 
+        for key, value, unset in (("eval_source", d.eval_source, None), ("eval_fraction", d.eval_fraction, 0.0),
+                                  ("format", d.format, "auto")):
+            if value != unset:
+                raise ConfigError(f"data.{key}: {value!r} applies to file data; a synthetic task has "
+                                  "its own held-out split (data.heldout_size)")
+
         task = d.source.split(":", 1)[1]
         kw = {"seed": d.seed, "min_digits": d.min_digits, "max_digits": d.max_digits}
         train = [_synthetic(p.row(), cfg) for p in generate(task, d.train_size, split="train", **kw)]
