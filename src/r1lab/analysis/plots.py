@@ -121,6 +121,9 @@ def run_plots(metrics: Records, samples_by_step: dict[int, list[dict[str, Any]]]
                  for k in steps]
         out.append((title, _figure(title, [("think chars (mean)", steps, think)], xlabel=xlabel,
                                    twin=("with reflection words", steps, refl))))
+    # the `reflection` reward (weight 0) measures every completion, not only the logged samples
+    add("share of all completions with reflection words (reward/reflection)", ["reward/reflection"],
+        unit_range=True)
     errors = ["reward_errors", *(k for k in keys_like(metrics, "rewards/")
                                  if k.endswith(("no_code_rate", "no_tests_rate", "parse_failure_rate",
                                                 "no_answer_rate")))]

@@ -158,6 +158,23 @@ def _aha(metrics: list[dict[str, Any]]) -> str:
     return f"<p class='aha'><b>Aha step:</b> {text}</p>"
 
 
+def _findings(s: dict[str, Any]) -> str:
+    """A findings scenario's reflection aha step and caught-slip transcript (r1lab.pipeline.findings)."""
+    parts = []
+    if "aha_threshold" in s:  # a findings scenario measured reflection
+        step = s.get("aha_step")
+        parts.append("<p class='aha'><b>Reflection aha step:</b> " + (
+            f"at least {s['aha_threshold']:.0%} of the completions check their work from step {step} on."
+            if step is not None else f"the reflection rate never settled above {s['aha_threshold']:.0%}.")
+            + "</p>")
+    if s.get("caught_slip"):
+        c = s["caught_slip"]
+        parts.append("<h3>The policy catches its own slip</h3>")
+        parts.append(f"<div class='sample'><div class='q'>{_esc(c['question'])} &middot; gold "
+                     f"<b>{_esc(gold_answer(c['answer']))}</b></div><pre>{_esc(c['completion'])}</pre></div>")
+    return "".join(parts)
+
+
 def _sample(smp: dict[str, Any]) -> str:
     from r1lab.rewards.parsing import extract_answer
 
@@ -219,6 +236,7 @@ def run_section(folder: Path, title: str) -> tuple[str, list[Alarm], int]:
                             ["metric", f"step {first.get('step', 1)}", f"step {last.get('step', len(metrics))}"]))
         parts.append(_aha(metrics))
         plots += run_plots(metrics, {k: v for k, v in by_step.items() if k} if kind != "SFT" else {})
+    parts.append(_findings(_json(folder / "summary.json")))
     if plots:
         parts.append("<div class='plots'>" + "".join(
             f"<figure><img class='plot' alt='{_esc(t)}' src='data:image/png;base64,{p}'>"
