@@ -121,3 +121,25 @@ def test_batch_wide_statistics_are_refused_across_processes(tmp_path, micro_mode
     GRPOTrainer(cfg, micro_model, tokenizer, _rows(), tmp_path)  # one process: fine
     with pytest.raises(ConfigError, match=key):
         GRPOTrainer(cfg, micro_model, tokenizer, _rows(), tmp_path, world=World(0, 2))
+
+
+def test_the_resolved_backend_is_in_config_yaml_and_the_first_metrics_line(tmp_path):
+    import io
+
+    import yaml
+    from rich.console import Console
+
+    from r1lab.pipeline.run import run_grpo
+
+    from .survival import tiny_config
+
+    out = tmp_path / "run"
+    run_grpo(tiny_config(train={"steps": 2}), out, console=Console(file=io.StringIO()))
+    backend = yaml.safe_load((out / "config.yaml").read_text())["backend"]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert backend["kernels"] in ("on", "off") and backend["onednn_wgrad"] in ("mkl", "onednn")
+    first = {k.removeprefix("backend/"): v for k, v in lines[0].items() if k.startswith("backend/")}
+    assert first["kernels"] == backend["kernels"] and first["onednn"] == backend["onednn"]
+    assert first["onednn_wgrad"] == backend["onednn_wgrad"]
+    assert {k.split("/", 1)[1] for k in first if k.startswith("chosen_by/")} == set(backend["chosen_by"])
+    assert not any(k.startswith("backend/") for k in lines[1])  # recorded once

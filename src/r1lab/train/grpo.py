@@ -339,5 +339,11 @@ def _check_world(alg, world: World) -> None:
 
 
 def _backend(cfg: RunConfig) -> dict[str, Any]:
-    section = getattr(cfg, "backend", None)
-    return section.model_dump(mode="json") if section is not None else {}
+    """The resolved `backend` section, flat: `{kernels: on, chosen_by/kernels: "probe ..."}`."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.backend.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            out.update({f"{key}/{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
