@@ -109,6 +109,7 @@ def run_demo(cfg: RunConfig, out_dir: str | Path, seed: int = 1, console: Consol
     console.rule("[bold]1/4 pre-training a weak base model")
     t = time.perf_counter()
     model, tokenizer = pretrain_base(cfg, seed, out, console)
+    save_config(cfg, out / "config.yaml")  # again, with the backend the model loaded with
     n_params = sum(p.numel() for p in model.parameters())
     timings["pretrain"] = time.perf_counter() - t
 
