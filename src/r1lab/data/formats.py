@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +122,7 @@ def gsm8k_gold(text: str) -> str:
     return m.group(1).replace(",", "").strip().lstrip("$").rstrip(".").strip()
 
 
-def _pick(row: dict, wanted: str | None, columns: tuple[str, ...], what: str) -> str | None:
+def _pick(row: dict, wanted: str | None, columns: tuple[str, ...]) -> str | None:
     """The column to read: `wanted` (the config's field) when the row has it, else the format's."""
     if wanted is not None and wanted in row:
         return wanted
@@ -204,12 +203,12 @@ def to_canonical(row: dict[str, Any], fmt: str, prompt_field: str | None = None,
         if not users or not str(users[-1].get("content") or "").strip():
             raise FormatError("'messages' has no user message with content")
         prompt = str(users[-1]["content"])
-        col = _pick(row, answer_field, spec.answer, "answer")
+        col = _pick(row, answer_field, spec.answer)
         answer = row[col] if col else None
     else:
-        pcol = _pick(row, prompt_field, spec.prompt, "prompt")
+        pcol = _pick(row, prompt_field, spec.prompt)
         prompt = _text(row, pcol, "prompt")
-        acol = _pick(row, answer_field, spec.answer, "answer")
+        acol = _pick(row, answer_field, spec.answer)
         if fmt == "gsm8k":
             answer = gsm8k_gold(_text(row, acol, "answer"))
         elif fmt == "math":
@@ -248,16 +247,3 @@ def to_canonical(row: dict[str, Any], fmt: str, prompt_field: str | None = None,
             canonical[f"raw_{key}"] = row[key]
         canonical[key] = value
     return canonical
-
-
-def canonical_rows(rows: list[dict[str, Any]], fmt: str, where: Callable[[int], str],
-                   prompt_field: str | None = None, answer_field: str | None = None,
-                   seed: int = 0) -> list[dict[str, Any]]:
-    """Every row through `to_canonical`; a misfit is a FormatError led by `where(i)` (file:line)."""
-    out = []
-    for i, row in enumerate(rows):
-        try:
-            out.append(to_canonical(row, fmt, prompt_field, answer_field, seed, i))
-        except FormatError as exc:
-            raise FormatError(f"{where(i)}: {fmt} row: {exc}") from None
-    return out
