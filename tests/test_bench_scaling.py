@@ -47,7 +47,10 @@ def test_unreachable_eos_is_outside_the_model_vocabulary():
     assert model.lm_head.weight.shape[0] == vocab  # no logit for eos: it is never sampled
 
 
+@pytest.mark.slow  # three processes import TRL and train: ~2 min on the loaded 2-core machine
 def test_dry_run_prints_the_json_line_last():
+    """`--dry-run` (a 0.09M Qwen2, 8 tokens, 2 interleaved steps, each side's memory run) ends
+    with the JSON line of `--quick`'s shape, with positive finite numbers."""
     pytest.importorskip("trl")
     res = subprocess.run([sys.executable, str(BENCH), "--dry-run"], capture_output=True,
                          text=True, timeout=600)
