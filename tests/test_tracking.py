@@ -106,17 +106,25 @@ def test_trackio_local_store_holds_the_logged_scalars(tmp_path: Path, monkeypatc
         (1, 0.25, 0.0), (2, 0.75, 0.0625)]
 
 
+def test_mlflow_file_store_holds_the_logged_scalars(tmp_path: Path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    with RunLogger(_cfg(report_to=["mlflow"], project="r1lab-test", run_name="m1"), tmp_path) as lg:
+        for r in RECORDS:
+            lg.log_metrics(dict(r))
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("r1lab-test").experiment_id])
+    assert run.info.run_name == "m1" and run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "completions/mean_length")
+    assert [(m.step, m.value) for m in history] == [(1, 20.0), (2, 31.5)]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "reward")] == [0.25, 0.75]
+
+
 def test_unavailable_tracker_is_a_clear_error_naming_the_extra(tmp_path: Path, monkeypatch):
-    import builtins
+    import sys
 
-    real = builtins.__import__
-
-    def no_mlflow(name, *a, **k):
-        if name.split(".")[0] == "mlflow":
-            raise ImportError("no mlflow here")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_mlflow)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now raises ImportError
     with pytest.raises(ImportError, match=r"log.report_to: mlflow needs the mlflow package .*r1lab\[mlflow\]"):
         RunLogger(_cfg(report_to=["mlflow"]), tmp_path)
 

@@ -138,6 +138,8 @@ class MlflowTracker:
     """An MLflow run in a file store at RUN/mlruns (through `MlflowClient`: no global state)."""
 
     def __init__(self, run_dir: Path, name: str, project: str, config: dict[str, Any]) -> None:
+        # a plain file store: offline, no database packages (MLflow 3 asks to opt in to it)
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         _need("mlflow", "mlflow")
         from mlflow.tracking import MlflowClient
 
