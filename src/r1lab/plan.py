@@ -89,10 +89,28 @@ def rl_batch(cfg: RunConfig, nproc: int) -> dict[str, Any]:
 
 
 def sft_batch(cfg: RunConfig, nproc: int) -> dict[str, Any]:
+    """The batch arithmetic of `train sft` (rows, not prompts x G)."""
     s = cfg.sft
     return {"rows_per_optimizer_step": s.batch_size, "optimizer_steps_total": s.steps,
             "rows_per_optimizer_step_per_process": ceil_div(s.batch_size, nproc),
-            "rows_seen_total": s.batch_size * s.steps}
+            "rows_seen_total": s.batch_size * s.steps, "row_tokens_max": _sft_tokens(cfg)}
+
+
+def _sft_tokens(cfg: RunConfig) -> int | None:
+    """Longest prompt + completion in tokens over the first 64 rows of a local data file."""
+    try:
+        from r1lab.data.loading import load_rows
+        from r1lab.data.templates import TEMPLATES
+
+        d, tok = cfg.data, _tokenizer(cfg)
+        if tok is None or not Path(d.source).is_file():
+            return None
+        rows = load_rows(d.source, required=(d.prompt_field, cfg.sft.completion_field))[:64]
+        template = TEMPLATES.get(d.template if d.template != "auto" else "r1_zero")
+        return max(len(tok(template(r[d.prompt_field], tok) + r[cfg.sft.completion_field])["input_ids"])
+                   for r in rows) + 1
+    except Exception:  # a plan never fails on an estimate
+        return None
 
 
 def _prompt_tokens(cfg: RunConfig) -> int | None:
@@ -194,7 +212,9 @@ def memory(cfg: RunConfig, shape: dict[str, Any], batch: dict[str, Any], nproc: 
         kv_dim = shape["hidden"] // shape["heads"] * shape["kv_heads"]
         out["kv_cache"] = rows_rank * seq * shape["layers"] * 2 * kv_dim * b
     else:
-        seq = shape.get("seq") or 512
+        seq = batch.get("row_tokens_max")
+        if seq is None:
+            return out  # no rows to measure: weights, gradients and optimiser state only
         mb = batch["rows_per_optimizer_step_per_process"]
     per_layer = seq * mb * shape["hidden"] * 34 + 5 * shape["heads"] * seq * seq * mb
     act = shape["layers"] * per_layer * b / 2
