@@ -93,3 +93,18 @@ def test_killed_rank_stops_the_run_and_resume_ends_equal(runs):
     alone = run(["train", "grpo", str(cfg), "--out", str(copy), "--resume"])
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert max_diff(tmp / "one" / "final", copy / "final") < 1e-4
+
+
+def test_commands_that_are_not_data_parallel_run_once_on_rank_0(tmp_path):
+    raw = raw_config(data={"train_size": 6, "heldout_size": 2},
+                     reject={"samples_per_prompt": 2, "num_prompts": 4, "min_scores": {}})
+    cfg = tmp_path / "sample.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    one = run(["sample", str(cfg), "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run(["sample", str(cfg), "--out", str(tmp_path / "two")], nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "rank 1: this command is not data-parallel; it runs on rank 0 alone" in two.stderr
+    for name in ("samples.jsonl", "sft.jsonl"):  # the same rows, written once
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    assert len((tmp_path / "two" / "samples.jsonl").read_text().splitlines()) == 8
