@@ -393,7 +393,7 @@ class LogConfig(Section):
                                 "fraction of the first window's entropy")
     truncation_max: float = Field(0.2, ge=0.0, le=1.0, description="length_blowup: share of "
                                   "completions cut at max_new_tokens")
-    format_saturation: float = Field(0.95, ge=0.0, le=1.0, description="format_only: mean format "
+    format_saturation: float = Field(0.9, ge=0.0, le=1.0, description="format_only: mean format "
                                      "reward (in [0, 1]) counted as saturated")
     accuracy_min_gain: float = Field(0.05, ge=0.0, description="format_only: accuracy gain below "
                                      "which accuracy is flat")
