@@ -104,14 +104,16 @@ def test_format_only_fires_on_a_real_demo_run_whose_base_cannot_add():
     """A real `r1lab demo` whose pre-training was cut to 150 steps (fixture: its 60 GRPO steps'
     metrics.jsonl, as logged; `--set pretrain.steps=150 eval.num_problems=40 eval.k=2`): the base
     almost never answers right, so GRPO can only raise the format reward (0.51 -> ~0.93) while
-    accuracy stays at ~0; `format_only` fires, and no other alarm does. (The run itself logged
-    none: it ran with the earlier default format_saturation of 0.95, which this plateau never
-    reached; that is why the default is 0.9.)"""
+    accuracy stays at ~0; `format_only` fires, and no other alarm does. The run itself, with the
+    earlier default format_saturation of 0.95, logged it only at step 53 (RunLogger wrote it
+    into that record); with the default 0.9 it fires at step 28."""
     history = [json.loads(line) for line in FIXTURE_WEAK.read_text().splitlines()]
     assert len(history) == 60 and max(m["accuracy"] for m in history) <= 0.05
     assert history[0]["reward/format"] < 0.6 < 0.9 <= sum(m["reward/format"] for m in history[-5:]) / 5
     alarms = replay(history, LogConfig(), completions=16 * 8)
-    assert {a.name for a in alarms} == {"format_only"}
+    assert {a.name for a in alarms} == {"format_only"} and alarms[0].step == 28
+    assert [(a.name, a.step) for a in logged(history)] == [("format_only", 53)]
+    assert logged(history)[0].message.startswith("reward/format is 0.95 over the last 5 steps")
     assert alarms[0].message.endswith("the policy learnt the format, not the task; lower the "
                                       "format weight or check the accuracy reward on a few samples")
 
