@@ -391,6 +391,8 @@ class LogConfig(Section):
                                  "the policy has (nearly) stopped exploring")
     entropy_drop: float = Field(0.05, ge=0.0, le=1.0, description="entropy_collapse: or below this "
                                 "fraction of the first window's entropy")
+    solved_accuracy: float = Field(0.9, ge=0.0, le=1.0, description="entropy_collapse: training "
+                                   "accuracy at or above which low entropy is convergence, not collapse")
     truncation_max: float = Field(0.2, ge=0.0, le=1.0, description="length_blowup: share of "
                                   "completions cut at max_new_tokens")
     format_saturation: float = Field(0.9, ge=0.0, le=1.0, description="format_only: mean format "
