@@ -81,8 +81,10 @@ def behaviour(pairs: Sequence[tuple[dict[str, Any], str]]) -> dict[str, Any]:
 
     >>> b = behaviour([({"answer": "12"}, "<think>5+7=13,wait,5+7=12</think><answer>12</answer>"),
     ...                ({"answer": "12"}, "<think>5+7=13</think><answer>13</answer>")])
-    >>> b["pass1"], b["reflection_rate"], b["accuracy_reflective"], b["accuracy_plain"], b["mixing_rate"]
-    (0.5, 0.5, 1.0, 0.0, 0.0)
+    >>> b["pass1"], b["reflection_rate"], b["accuracy_reflective"], b["accuracy_plain"]
+    (0.5, 0.5, 1.0, 0.0)
+    >>> b["mixing_rate"]  # "wait" is a Latin word among digits: the first one mixes scripts
+    0.5
     """
     accuracy = get_reward("accuracy")
     correct = [accuracy(c, row).value >= 1.0 for row, c in pairs]
