@@ -221,6 +221,9 @@ class TrainConfig(Section):
     steps: int = Field(100, ge=1)
     batch_size: int = Field(16, ge=1, description="prompts per step; completions = batch_size * group_size")
     micro_batch_size: int = Field(64, ge=1, description="completions per forward/backward")
+    micro_batch_tokens: int | None = Field(
+        None, ge=1, description="also cut a micro-batch before its prompt + completion tokens "
+        "pass this budget, so memory follows the tokens as completions grow; None = rows only")
     packed: bool = Field(
         True, description="packed forward for Llama-family models: each prompt once per group, "
         "no padding in the matmuls (others, or false, use the padded Hugging Face forward)")

@@ -106,3 +106,24 @@ def test_reference_logprobs_under_inference_mode_can_enter_the_graph(tmp_path, m
                                    atol=1e-5, rtol=0)
     logp = completion_logprobs(micro_model, ids, attn, pos, L)
     (torch.exp(ref - logp) * out.completion_mask).sum().backward()  # autograd may save `ref`
+
+
+def test_a_token_budget_cuts_micro_batches_and_changes_no_weight(tmp_path, micro_model, tokenizer):
+    ref_totals, ref_params = _update_result(tmp_path, micro_model, tokenizer, 16, skip=False)
+    model = copy.deepcopy(micro_model)
+    out, ids, attn, pos, L = _rollout(model, tokenizer)
+    tr = _trainer(tmp_path, model, tokenizer)
+    tr.updater.skip_inert = False
+    tr.forward.token_budget = budget = 40
+    mask = out.completion_mask
+    tokens = TokenBatch(ids, attn, pos, L, mask, mask, group_size=4)
+    cost = (attn.sum(-1)).tolist()  # prompt + completion tokens of each row
+    chunks = tr.forward.micro_batches(model, tokens, torch.arange(16))
+    assert sorted(i for c in chunks for i in c.tolist()) == list(range(16)) and len(chunks) > 1
+    assert all(sum(cost[i] for i in c.tolist()) <= budget or len(c) == 1 for c in chunks)
+    rewards = torch.tensor([0.0, 1, 0, 1, 2, 2, 2, 2, 0, 0, 0, 1, 5, 5, 5, 5])
+    adv = tr.algorithm.advantage(rewards=rewards, group_size=4, mask=mask)
+    totals = tr.update(tokens, Advantages(adv, rewards), out.logprobs)
+    assert abs(totals["loss"] - ref_totals["loss"]) < 1e-6
+    for k, v in model.named_parameters():
+        torch.testing.assert_close(v.detach(), ref_params[k], atol=1e-5, rtol=1e-5)

@@ -25,8 +25,9 @@ class Forward:
     """`logprobs(model, tokens, rows)` and the micro-batches to call it on."""
 
     def __init__(self, micro_batch_size: int, temperature: float, packed: bool = True,
-                 lean: bool = False) -> None:
+                 lean: bool = False, token_budget: int | None = None) -> None:
         self.micro_batch_size, self.temperature, self.packed = micro_batch_size, temperature, packed
+        self.token_budget = token_budget  # prompt + completion tokens per micro-batch at most
         self.lean = lean  # padded path: `lean_logprobs` (no [n, T, V] logits kept for backward)
 
     def is_packed(self, model, width: int) -> bool:
@@ -38,8 +39,14 @@ class Forward:
         Padded: rows grouped by length, each chunk cut to its own longest sequence."""
         mb = self.micro_batch_size
         if self.is_packed(model, tokens.width):
-            return [rows[i:i + mb] for i in range(0, len(rows), mb)]
-        return length_micro_batches(rows, tokens.lengths[rows], mb)
+            chunks = [rows[i:i + mb] for i in range(0, len(rows), mb)]
+        else:
+            chunks = length_micro_batches(rows, tokens.lengths[rows], mb)
+        if self.token_budget is None:
+            return chunks
+        prompt = tokens.attn[:, :tokens.prompt_len].sum(-1)  # [N]
+        cost = (prompt + tokens.lengths).tolist()  # [N] tokens each row's forward touches
+        return [part for c in chunks for part in token_budget_split(c, cost, self.token_budget)]
 
     def logprobs(self, model, tokens: TokenBatch, idx: torch.Tensor) -> torch.Tensor:
         """Token logprobs [len(idx), T] of completions `idx` (gradient as the caller's mode)."""
@@ -59,6 +66,24 @@ class Forward:
             for idx in self.micro_batches(model, tokens, rows):
                 out[idx] = self.logprobs(model, tokens, idx)
         return out  # made outside inference mode: autograd may save it for the KL's backward
+
+
+def token_budget_split(rows: torch.Tensor, cost: list[int], budget: int) -> list[torch.Tensor]:
+    """`rows` cut, in order, into runs whose summed `cost` stays within `budget` (a row over
+    the budget alone is a run of its own): micro-batching by a token budget.
+
+    >>> [c.tolist() for c in token_budget_split(torch.arange(5), [3, 3, 3, 9, 1], 6)]
+    [[0, 1], [2], [3], [4]]
+    """
+    out, start, used = [], 0, 0
+    for i, r in enumerate(rows.tolist()):
+        if i > start and used + cost[r] > budget:
+            out.append(rows[start:i])
+            start, used = i, 0
+        used += cost[r]
+    if len(rows):
+        out.append(rows[start:])
+    return out
 
 
 def length_micro_batches(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> list[torch.Tensor]:

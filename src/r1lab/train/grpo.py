@@ -73,7 +73,8 @@ class GRPOTrainer:
             ref_model = load_reference(model)
         self.ref_model = ref_model if self.algorithm.kl is not None else None
         self.forward = Forward(cfg.train.micro_batch_size, r.temperature, cfg.train.packed,
-                               lean=cfg.train.gradient_checkpointing)
+                               lean=cfg.train.gradient_checkpointing,
+                               token_budget=cfg.train.micro_batch_tokens)
         self.updater = PolicyUpdate(cfg, model, self.algorithm, self.forward, self.world)
         self.update = self.updater  # stage 4, called by the step (a test may wrap it)
         self.critic = Critic(cfg, model, self.forward, critic_model) if cfg.critic else None
