@@ -166,11 +166,20 @@ def saved_prompt(record: dict[str, Any], messages: list[dict[str, str]], tokeniz
     return TEMPLATES.get(record["template"])(question, tokenizer)
 
 
+def prompt_of(row: dict[str, Any], field: str) -> str:
+    """A row's prompt text: its canonical `prompt` (r1lab.data.formats), else `row[field]`
+    (rows built by hand, e.g. a synthetic task's `question`).
+
+    >>> prompt_of({"prompt": "1+1", "question": "x"}, "question"), prompt_of({"q": "2+2"}, "q")
+    ('1+1', '2+2')
+    """
+    return row["prompt"] if "prompt" in row else row[field]
+
+
 def encode_prompts(rows, tokenizer: Any, template: str, field: str) -> list[list[int]]:
     """Token ids of each row's prompt: `rows[i][field]` through the template `template`.
     A chat template already holds its special tokens; the others get the tokenizer's (BOS)."""
     template = resolve(template, tokenizer)
     fn = TEMPLATES.get(template)
-    # canonical rows (r1lab.data.formats) carry the prompt text as `prompt`
-    texts = [fn(r["prompt"] if "prompt" in r else r[field], tokenizer) for r in rows]
+    texts = [fn(prompt_of(r, field), tokenizer) for r in rows]
     return tokenizer(texts, add_special_tokens=template != "chat")["input_ids"]

@@ -30,7 +30,7 @@ import torch
 
 from r1lab.algorithms import resolve_algorithm
 from r1lab.config import RunConfig
-from r1lab.data.templates import TEMPLATES, encode_prompts, save_template
+from r1lab.data.templates import TEMPLATES, encode_prompts, prompt_of, save_template
 from r1lab.rewards import RewardComposer
 from r1lab.rollout import SamplingParams, build_engine
 from r1lab.tracking import RunLogger
@@ -163,7 +163,8 @@ class GRPOTrainer:
         getattr(self.engine, "policy_updated", lambda: None)()  # e.g. vLLM reloads the weights
         self.step_count += 1
         seconds["step"] = time.perf_counter() - t0
-        self.samples = sample_records(self.step_count, drawn.first, cfg.log.samples_per_step)
+        self.samples = sample_records(self.step_count, drawn.first, cfg.log.samples_per_step,
+                                      cfg.data.prompt_field)
         metrics = step_metrics(self.step_count, drawn, entropy, update, critic,  # 5. metrics
                                self.scheduler.get_last_lr()[0], seconds, self.world,
                                cfg.train.batch_size)
@@ -180,10 +181,9 @@ class GRPOTrainer:
         proto = next((p for p in protocols if p.temperature > 0), protocols[0] if protocols else None)
         if proto is None or not self.eval_rows:
             return {}
-        d = self.cfg.data
+        field = self.cfg.data.prompt_field
         res = evaluate(self.model, self.tokenizer, self.eval_rows[: self.cfg.eval.num_problems],
-                       lambda row: self.template(row.get("prompt", row.get(d.prompt_field)),
-                                                 self.tokenizer),
+                       lambda row: self.template(prompt_of(row, field), self.tokenizer),
                        [proto], max_new_tokens=self.cfg.eval.max_new_tokens or self.cfg.rollout.max_new_tokens,
                        seed=self.cfg.train.seed, engine=self.cfg.rollout.engine)[proto.name]
         return {"eval/pass1": res["pass1"], "eval/think_rate": res["think_rate"],

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from r1lab.algorithms import entropy_from_logits, masked_mean, zero_signal_groups
+from r1lab.data.templates import prompt_of
 from r1lab.r1_format import parse_r1
 from r1lab.train.batch import Sampled, TokenBatch
 from r1lab.train.distributed import World
@@ -103,13 +104,13 @@ def step_metrics(step: int, drawn: Drawn, entropy: float, update: dict[str, floa
     return out
 
 
-def sample_records(step: int, s: Sampled, count: int) -> list[dict[str, Any]]:
+def sample_records(step: int, s: Sampled, count: int, prompt_field: str = "question") -> list[dict[str, Any]]:
     """Up to `count` transcripts of `s`, spread over the batch, for `samples.jsonl`."""
     texts, G = s.rollout.texts, s.rollout.n
     comps = s.scored.components if s.scored is not None else {}
     stride = max(1, len(texts) // max(1, count))
     return [
-        {"step": step, "prompt": s.rows[i // G].get("prompt", s.rows[i // G].get("question")),
+        {"step": step, "prompt": prompt_of(s.rows[i // G], prompt_field),
          "answer": s.rows[i // G].get("answer"), "completion": texts[i],
          "reward": float(s.rewards[i]), "rewards": {k: v[i] for k, v in comps.items()}}
         for i in range(0, len(texts), stride)

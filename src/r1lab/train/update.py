@@ -80,7 +80,8 @@ class PolicyUpdate:
         grad_norms, skipped, total_loss = [], 0, 0.0
         self.model.train()
         for j in starts:
-            a, b = max(j, lo) - lo, max(min(j + mini, total, lo + len(tokens)) - lo, max(j, lo) - lo)
+            a = max(j, lo) - lo  # this mini-batch's rows on this rank: local a .. b-1
+            b = max(min(j + mini, total, lo + len(tokens)) - lo, a)
             num_tokens = self.world.sum(mask[a:b].sum()).clamp(min=1).to(mask.dtype)  # global
             num_seqs = float(min(j + mini, total) - j)
             rows = torch.arange(a, b, device=mask.device)
