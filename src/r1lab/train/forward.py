@@ -57,7 +57,6 @@ class Forward:
         fn = lean_logprobs if self.lean and hasattr(model, "model") else completion_logprobs
         return fn(model, t.input_ids[idx], t.attn[idx], t.pos[idx], t.prompt_len, self.temperature)
 
-    @torch.no_grad()
     def reference(self, model, tokens: TokenBatch) -> torch.Tensor:
         """Logprobs [N, T] of every completion under the frozen `model` (the reference policy)."""
         out = torch.zeros_like(tokens.mask, dtype=torch.float32)  # [N, T]

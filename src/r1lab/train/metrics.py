@@ -98,9 +98,6 @@ def step_metrics(step: int, drawn: Drawn, entropy: float, update: dict[str, floa
         out.update({"refill_rounds": drawn.refills, "kept_groups": kept / batch_size})
     out.update({**extra, **update, "lr": lr})
     out.update({f"{k}_s": v for k, v in seconds.items()})
-    accuracy = out.pop("accuracy", None)
-    if accuracy is not None:
-        out["accuracy"] = accuracy
     return out
 
 
