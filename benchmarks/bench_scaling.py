@@ -73,6 +73,7 @@ QUICK = [("4M", 64), ("4M", 256), ("25M", 64), ("4M", 1024)]
 DRY = [("tiny", 8)]
 QUESTIONS = ["12+30", "345+67", "8+91", "250+250", "77+123", "5+6", "404+17", "99+1"]
 G, LR, BETA, SEED = 8, 1e-4, 0.04, 0
+PRECISION = "fp32"  # --precision: fp32 (both sides), or bf16 mixed precision (fp32 master weights) on both
 
 
 def digit_share(text: str) -> float:
@@ -197,6 +198,7 @@ def r1lab_trainer(model, tokenizer, prompts: int, new_tokens: int, run_dir: str)
         REWARDS.register("bench_digit_share", lambda completion, row, **kw: Score(digit_share(completion)))
     cfg = RunConfig.model_validate({
         "data": {"template": "tiny"},
+        "model": {"dtype": "bfloat16" if PRECISION == "bf16" else "float32"},
         "rollout": {"engine": "hf", "group_size": G, "max_new_tokens": new_tokens, "temperature": 1.0},
         "rewards": {"components": [{"name": "bench_digit_share"}]},
         "algorithm": {"advantage": "grpo", "loss": "clip", "aggregation": "token_mean",
@@ -224,7 +226,7 @@ def trl_trainer(model, tokenizer, prompts: int, new_tokens: int, steps: int, cal
         temperature=1.0, top_p=1.0, learning_rate=LR, lr_scheduler_type="constant",
         weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0, beta=BETA,
         loss_type="dapo", epsilon=0.2, scale_rewards="group", max_steps=steps, seed=SEED,
-        use_cpu=True, bf16=False, report_to=[], save_strategy="no", logging_steps=10_000,
+        use_cpu=True, bf16=PRECISION == "bf16", report_to=[], save_strategy="no", logging_steps=10_000,
         disable_tqdm=True, dataloader_num_workers=0,
     )
     model.config._name_or_path = model_dir  # TRL builds its reference model from this path
@@ -314,7 +316,7 @@ def memory(size: str, new_tokens: int, prompts: int, steps: int, threads: int,
     for side in ("r1lab", "trl"):
         cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", side, "--points",
                f"{size}:{new_tokens}", "--prompts", str(prompts), "--mem-steps", str(steps),
-               "--threads", str(threads)]
+               "--threads", str(threads), "--precision", PRECISION]
         procs[side] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if not together:
             done[side] = procs[side].communicate()
@@ -373,8 +375,14 @@ def main() -> None:
                    help="drop a point whose estimated TRL step exceeds this many seconds")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     p.add_argument("--profile", action="store_true", help="profile r1lab at the last point")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32 on both sides (default), or bf16 mixed precision on both: fp32 master "
+                   "weights, forward/backward under autocast (r1lab `model.dtype: bfloat16`, TRL "
+                   "`bf16=True`); each side samples as it does in that mode")
     p.add_argument("--memory-worker", choices=["r1lab", "trl"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    global PRECISION
+    PRECISION = args.precision
     torch.set_num_threads(args.threads)
     points = parse_points(args.points) if args.points else GRID
     if args.quick:
@@ -399,7 +407,7 @@ def main() -> None:
           f"{transformers.__version__}, trl {trl.__version__}")
     print(f"float32 matmul peak ({big['hidden_size']}x{big['intermediate_size']}): {peak:.0f} GFLOP/s ("
           + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + ")")
-    print(f"setting (both): {args.prompts} prompts x G={G}, EOS off (every row to the cap), T=1.0, "
+    print(f"setting (both): {PRECISION}, {args.prompts} prompts x G={G}, EOS off (every row to the cap), T=1.0, "
           f"beta {BETA} (k3), DAPO loss, AdamW lr {LR}, grad clip 1, one optimiser step per "
           f"{args.prompts * G} completions; {args.steps} interleaved steps each, first "
           f"{args.warmup} = warm-up; memory: {args.mem_steps} steps per side in a fresh process\n")
@@ -454,7 +462,7 @@ def main() -> None:
         slow = max(results, key=lambda r: r["r1lab_step_s"])  # the slowest point
         profile_point(slow["size"], slow["new_tokens"], args.prompts, 1)
     keys = ("params", "new_tokens", "step_speedup", "r1lab_peak_mb", "trl_peak_mb")
-    out = {"points": [{k: r[k] for k in keys} for r in results],
+    out = {"precision": PRECISION, "points": [{k: r[k] for k in keys} for r in results],
            "min_step_speedup": min((r["step_speedup"] for r in results), default=None)}
     print(f"uptime (load 1/5/15 min): {uptime()}")
     print(json.dumps(out))

@@ -150,3 +150,18 @@ def test_the_tuner_checks_and_times_both_paths():
     assert path in ("mkl", "onednn") and set(times) == {"mkl_ms", "onednn_ms"}
     assert all(v > 0 for v in times.values())
     assert path == ("onednn" if times["onednn_ms"] < 0.9 * times["mkl_ms"] else "mkl")
+
+
+def test_training_linear_leaves_autocast_to_torch():
+    """Under autocast (mixed precision) a large fp32 weight does not take the fp32 oneDNN path:
+    F.linear runs in bf16, as autocast asks, and the gradient still reaches the fp32 weight."""
+    w = torch.randn(512, 512, requires_grad=True)  # >= MIN_PACKED_WEIGHT elements
+    x = torch.randn(8, 512)
+    assert onednn._eligible(x, w) == onednn.onednn_usable()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn._eligible(x, w)
+        y = onednn.linear(x, w)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert w.grad.dtype == torch.float32
+    torch.testing.assert_close(w.grad, x.sum(0).expand(512, 512), rtol=0.02, atol=0.05)

@@ -117,6 +117,10 @@ class DataConfig(Section):
 
 class RolloutConfig(Section):
     engine: str = "hf"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="the dtype the native sampler decodes in (weights cast once per "
+        "generate call): auto = the training forward's (bfloat16 under `model.dtype: bfloat16` "
+        "mixed precision, as a vLLM engine samples; else the weights' own)")
     group_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(64, gt=0)
     temperature: float = Field(1.0, ge=0.0)
@@ -235,7 +239,14 @@ class TrainConfig(Section):
     deterministic: bool = Field(False, description="deterministic kernels: same seed, same weights")
     strategy: Literal["auto", "none", "ddp", "fsdp2", "deepspeed"] = Field(
         "auto", description="data parallelism under torchrun / accelerate launch: auto = none "
-        "for one process, ddp for several (r1lab.train.distributed)")
+        "for one process, ddp for several, deepspeed / fsdp2 when accelerate's config names "
+        "them (r1lab.train.distributed)")
+    zero_stage: Literal[2, 3] | None = Field(
+        None, description="deepspeed: ZeRO stage; None = accelerate's zero_stage, else the "
+        "DeepSpeed config's, else 2")
+    deepspeed_config: str | None = Field(
+        None, description="deepspeed: a DeepSpeed JSON whose zero_optimization options are used "
+        "(None = accelerate's deepspeed_config_file, if any)")
     offload: bool = Field(False, description="fsdp2: parameters, gradients and optimiser state "
                           "on CPU between uses")
     gradient_checkpointing: bool = Field(

@@ -50,6 +50,11 @@ def onednn_usable() -> bool:
 def _probe() -> bool:
     if os.environ.get("R1LAB_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
         return False
+    with torch.autocast("cpu", enabled=False):  # the first caller may be a mixed-precision forward
+        return _probe_fp32()
+
+
+def _probe_fp32() -> bool:
     try:
         g = torch.Generator().manual_seed(0)
         x, w, b = (torch.randn(s, generator=g) for s in ((5, 24), (16, 24), (16,)))
@@ -225,10 +230,11 @@ def _eligible(x: Tensor, weight: Tensor) -> bool:
     """oneDNN for a training matmul: CPU float32 weights of at least `MIN_PACKED_WEIGHT`
     elements. Smaller ones stay with MKL: oneDNN builds a kernel for every new row count (the
     packed token count changes every step), which a small matmul does not repay (the demo's
-    pre-training, 128-wide model: 52 s with MKL, 64 s with oneDNN)."""
+    pre-training, 128-wide model: 52 s with MKL, 64 s with oneDNN). Not under autocast (mixed
+    precision): there `F.linear` runs in the autocast dtype (bfloat16 on AMX)."""
     return (weight.device.type == "cpu" and weight.dtype == torch.float32
             and x.dtype == torch.float32 and weight.numel() >= MIN_PACKED_WEIGHT
-            and onednn_usable())
+            and not torch.is_autocast_enabled("cpu") and onednn_usable())
 
 
 def swiglu(x: Tensor, gate_w: Tensor, gate_b: Tensor | None, up_w: Tensor,

@@ -208,3 +208,40 @@ def test_kept_kv_cache_changes_nothing(tokenizer, monkeypatch):
                                                               seed=5)).completion_ids,
                        bigger.completion_ids)
     assert fresh._kv_storage is None
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_bf16_matmuls_sample_near_the_fp32_policy(tokenizer, kind):
+    """`matmul_dtype=bfloat16` (mixed precision's sampler): the projections run on bf16 copies of
+    the weights, everything else in fp32. Its sampling log-probs are those of the fp32 model up
+    to bf16 rounding: not identical, and within a few hundredths per token; the fp32 weights
+    themselves are untouched."""
+    model = _model(tokenizer, kind, seed=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sampler = HFSampler(model, tokenizer, native=True, dtype="bfloat16")
+    params = SamplingParams(n=4, max_new_tokens=16, temperature=1.0, seed=5)
+    out = sampler.generate(tokenizer(PROMPTS)["input_ids"], params)
+    decoder = NativeDecoder(model, 2, 8, matmul_dtype=torch.bfloat16)
+    assert decoder.layers[0].qkv.weight.dtype == torch.bfloat16 and decoder.kv.dtype == torch.float32
+    ids, attn, pos, L = join_prompt_completion(out.prompt_ids, out.completion_ids,
+                                               out.completion_mask, sampler.pad_id)
+    with torch.no_grad():
+        logp = completion_logprobs(model, ids, attn, pos, L, temperature=1.0)  # the fp32 policy's
+    diff = ((logp - out.logprobs) * out.completion_mask).abs()
+    assert 1e-4 < diff.max().item() < 0.1, diff.max().item()
+    assert diff.sum().item() / out.completion_mask.sum().item() < 0.02
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_bf16_run_samples_in_bf16_unless_told_otherwise():
+    """`rollout.dtype: auto` follows the training forward (bf16 under `model.dtype: bfloat16`);
+    float32 asks for the weights' own; a float32 run never casts."""
+    from r1lab.config import RunConfig
+    from r1lab.models.loading import rollout_dtype
+
+    cfg = lambda **s: RunConfig.model_validate(s)  # noqa: E731
+    assert rollout_dtype(cfg()) is None
+    assert rollout_dtype(cfg(model={"dtype": "bfloat16"})) == "bfloat16"
+    assert rollout_dtype(cfg(model={"dtype": "bfloat16"}, rollout={"dtype": "float32"})) is None
+    assert rollout_dtype(cfg(rollout={"dtype": "bfloat16"})) == "bfloat16"
+    assert rollout_dtype(cfg(model={"dtype": "bfloat16", "mixed_precision": False})) is None

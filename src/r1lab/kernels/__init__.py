@@ -151,7 +151,8 @@ def _load() -> None:
         f = getattr(lib, name)
         f.argtypes, f.restype = args, None
     _lib = lib
-    with torch.inference_mode(False), torch.enable_grad():  # callers may be in no-grad decoding
+    # callers may be in no-grad decoding, or in a mixed-precision forward (autocast)
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
         why = _probe()
     if why is not None:
         _lib, _why = None, why

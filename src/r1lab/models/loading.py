@@ -49,9 +49,30 @@ def compute_dtype(cfg: ModelConfig) -> torch.dtype | None:
     return DTYPES[cfg.dtype]
 
 
+def rollout_dtype(cfg) -> str | None:
+    """The dtype name a run's sampler decodes in (`rollout.dtype`; auto = the training
+    forward's compute dtype under mixed precision), or None for the weights' own.
+
+    >>> from r1lab.config import RunConfig
+    >>> rollout_dtype(RunConfig()), rollout_dtype(RunConfig.model_validate({"model": {"dtype": "bfloat16"}}))
+    (None, 'bfloat16')
+    """
+    want = cfg.rollout.dtype
+    if want == "auto":
+        dtype = compute_dtype(cfg.model)
+        return None if dtype is None else str(dtype).removeprefix("torch.")
+    return None if DTYPES[want] == weight_dtype(cfg.model) else want
+
+
 def autocast(cfg: ModelConfig, device: torch.device | str):
-    """Context for a training forward/backward: autocast in `compute_dtype(cfg)`, or nothing."""
-    dtype = compute_dtype(cfg)
+    """Context for a training forward: autocast in `compute_dtype(cfg)`, or nothing."""
+    return precision(compute_dtype(cfg), device)
+
+
+def precision(dtype: torch.dtype | None, device: torch.device | str):
+    """`torch.autocast` in `dtype` on `device`'s type, or nothing for None. The training
+    forwards (GRPO's `Forward`, SFT) run under it; the backward runs outside, as autocast
+    wants (its ops take the dtypes the forward recorded)."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

@@ -21,6 +21,7 @@ from r1lab.config import ConfigError, RunConfig, save_config
 from r1lab.data.loading import DataError, load_rows
 from r1lab.data.templates import TEMPLATES, save_template
 from r1lab.models import load_policy
+from r1lab.models.loading import compute_dtype
 from r1lab.registry import UnknownComponentError
 from r1lab.tracking import RunLogger
 from r1lab.train.common import seed_everything
@@ -63,7 +64,7 @@ def run_sft(cfg: RunConfig, out_dir: str | Path, console: Console | None = None,
         losses = train_sft(model, tokenizer, pairs, steps=s.steps, batch_size=s.batch_size,
                            lr=s.lr, weight_decay=s.weight_decay, warmup_steps=s.warmup_steps,
                            grad_clip=s.grad_clip, seed=cfg.train.seed, logger=logger,
-                           progress=cfg.log.progress)
+                           progress=cfg.log.progress, autocast=compute_dtype(cfg.model))
     final = out / "final"
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)

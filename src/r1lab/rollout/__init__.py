@@ -13,8 +13,10 @@ def _vllm(model, tokenizer):
     return VLLMEngine(model, tokenizer)
 
 
-def build_engine(name: str, model, tokenizer):
-    """The rollout engine registered as `name` (e.g. "hf"), bound to a model and tokenizer."""
+def build_engine(name: str, model, tokenizer, dtype: str | None = None):
+    """The rollout engine registered as `name` (e.g. "hf"), bound to a model and tokenizer;
+    `dtype` ("bfloat16", ...): the dtype it samples in, None for the weights' own."""
     import r1lab.rollout.hf  # noqa: F401  (registers "hf")
 
-    return ENGINES.get(name)(model, tokenizer)
+    engine = ENGINES.get(name)
+    return engine(model, tokenizer) if dtype is None else engine(model, tokenizer, dtype=dtype)

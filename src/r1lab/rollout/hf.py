@@ -85,10 +85,12 @@ class HFSampler:
     with the model's own forward; `native=False` always uses the model's forward.
     """
 
-    def __init__(self, model, tokenizer, native: bool | None = None) -> None:
+    def __init__(self, model, tokenizer, native: bool | None = None, dtype: str | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.native = native
+        # the native decoder's matmul dtype (weights cast once per call); None: the weights' own
+        self.dtype = None if dtype is None else getattr(torch, dtype)
         if model.device.type == "cpu":
             tune_cpu_allocator()
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -132,7 +134,8 @@ class HFSampler:
         why = native_support(self.model, max_len) if self.native is not False else "native=False"
         if why is None:
             self.last_backend = "native"
-            return NativeDecoder(self.model, rows, max_len, self._storage(rows, max_len))
+            return NativeDecoder(self.model, rows, max_len, self._storage(rows, max_len),
+                                 matmul_dtype=self.dtype)
         if self.native:
             raise ValueError(f"native decoding was asked for but is not possible: {why}")
         self.last_backend = "hf"

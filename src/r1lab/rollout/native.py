@@ -49,7 +49,7 @@ class _Layer:
     first and the product into the second; elsewhere they are one matmul, then SiLU and a product.
     """
 
-    def __init__(self, layer: nn.Module, rows: int) -> None:
+    def __init__(self, layer: nn.Module, rows: int, matmul_dtype: torch.dtype | None = None) -> None:
         a, m = layer.self_attn, layer.mlp
         self.ln1, self.ln2 = layer.input_layernorm, layer.post_attention_layernorm
         qkv_w, qkv_b = ops.fused_weights([a.q_proj, a.k_proj, a.v_proj])
@@ -58,16 +58,18 @@ class _Layer:
         if self.fold:
             qkv_w = qkv_w * self.ln1.weight
             gate_w, up_w = gate_w * self.ln2.weight, up_w * self.ln2.weight
-        self.qkv = Linear(qkv_w, qkv_b, rows)
-        self.o = Linear(a.o_proj.weight, a.o_proj.bias, rows)
-        self.down = Linear(m.down_proj.weight, m.down_proj.bias, rows)
-        self.gate = Linear(gate_w, m.gate_proj.bias, rows)
+        lin = Linear if matmul_dtype is None else (
+            lambda w, b, rows=rows: CastLinear(w, b, matmul_dtype))
+        self.qkv = lin(qkv_w, qkv_b, rows)
+        self.o = lin(a.o_proj.weight, a.o_proj.bias, rows)
+        self.down = lin(m.down_proj.weight, m.down_proj.bias, rows)
+        self.gate = lin(gate_w, m.gate_proj.bias, rows)
         if self.gate.packed is not None:
-            self.up, self.gu = Linear(up_w, m.up_proj.bias, rows), None
+            self.up, self.gu = lin(up_w, m.up_proj.bias, rows), None
         else:
             gu_b = None if m.gate_proj.bias is None and m.up_proj.bias is None else torch.cat(
                 [ops.bias_or_zeros(m.gate_proj), ops.bias_or_zeros(m.up_proj)])
-            self.gu = Linear(torch.cat([gate_w, up_w]), gu_b)
+            self.gu = lin(torch.cat([gate_w, up_w]), gu_b, rows)
         self.q_norm, self.k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
         self.scale = a.scaling
         self.eps1, self.eps2 = (qkv_w.new_tensor(ops.norm_eps(n)) for n in (self.ln1, self.ln2))
@@ -86,6 +88,27 @@ class _Layer:
         return F.silu(g) * u
 
 
+class CastLinear:
+    """`Linear`'s interface with the weight held in a lower precision (`dtype`, e.g. bfloat16):
+    the input is cast to it, the matmul runs in it (AMX on CPUs that have it; half the weight
+    bytes to read per decoding step either way) and the result comes back in the input's dtype.
+    Activations, the KV cache, norms and attention stay in float32 (and on the C kernels)."""
+
+    packed = None  # never oneDNN-packed: gate and up are one fused matmul
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> None:
+        self.weight = weight.detach().to(dtype)
+        self.bias = None if bias is None else bias.detach().to(dtype)
+        self.in_features = weight.shape[1]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+
+    def add_to(self, h: Tensor, x: Tensor) -> Tensor:
+        """h + x W^T + b (the residual stays in h's dtype)."""
+        return h + self(x)
+
+
 class NativeDecoder:
     """KV-cached forward of a Llama-family model over `rows` sequences of up to `max_len` tokens.
 
@@ -93,10 +116,15 @@ class NativeDecoder:
     `keep(rows)` drops the other rows from the cache.
     """
 
-    def __init__(self, model, rows: int, max_len: int, storage: Tensor | None = None) -> None:
+    def __init__(self, model, rows: int, max_len: int, storage: Tensor | None = None,
+                 matmul_dtype: torch.dtype | None = None) -> None:
         """`storage`: a flat tensor of the model's dtype and device to hold the KV cache in, if
-        it is large enough (`cache_elements`), instead of a new allocation."""
+        it is large enough (`cache_elements`), instead of a new allocation. `matmul_dtype`:
+        the layers' projections in this dtype (`CastLinear`, e.g. bfloat16 from float32
+        weights under mixed precision); None keeps the weights' own."""
         cfg, base = model.config, model.model
+        if matmul_dtype == base.embed_tokens.weight.dtype:
+            matmul_dtype = None
         self.embed = base.embed_tokens.weight
         self.norm, head = base.norm, model.lm_head.weight
         self.fold = head.dtype == torch.float32
@@ -104,7 +132,7 @@ class NativeDecoder:
             head = head * self.norm.weight
         self.lm_head = Linear(head, None, rows)
         self.eps = head.new_tensor(ops.norm_eps(self.norm))
-        self.layers = [_Layer(layer, rows) for layer in base.layers]
+        self.layers = [_Layer(layer, rows, matmul_dtype) for layer in base.layers]
         self.packed = any(lin.packed is not None for w in self.layers for lin in (w.qkv, w.gate))
         a = base.layers[0].self_attn
         self.H, self.D = cfg.num_attention_heads, a.head_dim

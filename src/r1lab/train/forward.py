@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from r1lab.models.loading import precision
 from r1lab.train.batch import TokenBatch
 from r1lab.train.common import completion_logprobs
 from r1lab.train.memory import lean_logprobs
@@ -25,10 +26,13 @@ class Forward:
     """`logprobs(model, tokens, rows)` and the micro-batches to call it on."""
 
     def __init__(self, micro_batch_size: int, temperature: float, packed: bool = True,
-                 lean: bool = False, token_budget: int | None = None) -> None:
+                 lean: bool = False, token_budget: int | None = None,
+                 autocast: torch.dtype | None = None) -> None:
         self.micro_batch_size, self.temperature, self.packed = micro_batch_size, temperature, packed
         self.token_budget = token_budget  # prompt + completion tokens per micro-batch at most
         self.lean = lean  # padded path: `lean_logprobs` (no [n, T, V] logits kept for backward)
+        self.autocast = autocast  # mixed precision: matmuls in this dtype, fp32 master weights
+
 
     def is_packed(self, model, width: int) -> bool:
         """Whether `model`'s forward on sequences of up to `width` tokens is `packed_logprobs`."""
@@ -51,11 +55,13 @@ class Forward:
     def logprobs(self, model, tokens: TokenBatch, idx: torch.Tensor) -> torch.Tensor:
         """Token logprobs [len(idx), T] of completions `idx` (gradient as the caller's mode)."""
         t = tokens
-        if self.is_packed(model, t.width):
-            pb = PackedBatch.from_padded(t.input_ids, t.attn, t.prompt_len, idx)
-            return packed_logprobs(model, pb, self.temperature)[0]
-        fn = lean_logprobs if self.lean and hasattr(model, "model") else completion_logprobs
-        return fn(model, t.input_ids[idx], t.attn[idx], t.pos[idx], t.prompt_len, self.temperature)
+        with precision(self.autocast, t.input_ids.device):  # mixed precision, or nothing
+            if self.is_packed(model, t.width):
+                pb = PackedBatch.from_padded(t.input_ids, t.attn, t.prompt_len, idx)
+                return packed_logprobs(model, pb, self.temperature)[0].float()
+            fn = lean_logprobs if self.lean and hasattr(model, "model") else completion_logprobs
+            return fn(model, t.input_ids[idx], t.attn[idx], t.pos[idx], t.prompt_len,
+                      self.temperature).float()
 
     def reference(self, model, tokens: TokenBatch) -> torch.Tensor:
         """Logprobs [N, T] of every completion under the frozen `model` (the reference policy)."""

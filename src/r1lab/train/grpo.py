@@ -31,6 +31,7 @@ import torch
 from r1lab.algorithms import resolve_algorithm
 from r1lab.config import RunConfig
 from r1lab.data.templates import TEMPLATES, encode_prompts, prompt_of, save_template
+from r1lab.models.loading import compute_dtype, rollout_dtype
 from r1lab.rewards import RewardComposer
 from r1lab.rollout import SamplingParams, build_engine
 from r1lab.tracking import RunLogger
@@ -38,6 +39,7 @@ from r1lab.train import checkpoint as ckpt
 from r1lab.train.advantages import compute_advantages
 from r1lab.train.batch import TokenBatch
 from r1lab.train.critic import Critic
+from r1lab.train.deepspeed_engine import full_weights, policy_of
 from r1lab.train.distributed import World, peak_memory
 from r1lab.train.forward import Forward
 from r1lab.train.metrics import policy_entropy, sample_records, step_metrics
@@ -66,7 +68,7 @@ class GRPOTrainer:
         self.template = TEMPLATES.get(cfg.data.template)
         rewards = RewardComposer(components=cfg.rewards.components, workers=cfg.rewards.workers,
                                  timeout_s=cfg.rewards.timeout_s)
-        self.engine = build_engine(r.engine, model, tokenizer)
+        self.engine = build_engine(r.engine, model, tokenizer, rollout_dtype(cfg))
         if self.algorithm.kl is not None and ref_model is None:
             from r1lab.models import load_reference
 
@@ -74,9 +76,12 @@ class GRPOTrainer:
         self.ref_model = ref_model if self.algorithm.kl is not None else None
         self.forward = Forward(cfg.train.micro_batch_size, r.temperature, cfg.train.packed,
                                lean=cfg.train.gradient_checkpointing,
-                               token_budget=cfg.train.micro_batch_tokens)
+                               token_budget=cfg.train.micro_batch_tokens,
+                               autocast=compute_dtype(cfg.model))
         self.updater = PolicyUpdate(cfg, model, self.algorithm, self.forward, self.world)
         self.update = self.updater  # stage 4, called by the step (a test may wrap it)
+        if cfg.critic and policy_of(model) is not None:
+            raise ValueError("train.strategy: deepspeed does not run PPO's critic yet; use ddp")
         self.critic = Critic(cfg, model, self.forward, critic_model) if cfg.critic else None
         params = SamplingParams(n=r.group_size, max_new_tokens=r.max_new_tokens,
                                 temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
@@ -143,20 +148,21 @@ class GRPOTrainer:
         """One GRPO step: sample, score, advantages, policy update, metrics."""
         cfg, alg, seconds = self.cfg, self.cfg.algorithm, {}
         t0 = time.perf_counter()
-        drawn = self.sampling(self.step_count)  # 1-2. B x G completions, scored
-        seconds.update(drawn.seconds)
-        with _timed(seconds, "probe"):  # the engine's log-probs against the trainer's
-            probe = self.probe(self.model, drawn.batch.rollout) if self.probe else {}
-        tokens = TokenBatch.from_rollout(drawn.batch.rollout, self.engine.pad_id, alg.mask_truncated)
-        with _timed(seconds, "reference"):  # the frozen reference policy, when beta > 0
-            ref_logp = self.forward.reference(self.ref_model, tokens) if self.ref_model else None
-        with _timed(seconds, "advantages"):  # 3. group-relative (PPO: GAE on the critic's values)
-            values = self.critic.values(tokens) if self.critic else None
-            adv = compute_advantages(self.algorithm, drawn.batch, tokens, ref_logp=ref_logp,
-                                     values=values, beta=alg.beta, kl_in_reward=alg.kl_in_reward,
-                                     component_weights=self.component_weights())
-        # the entropy of the policy that sampled, before it moves
-        entropy = policy_entropy(drawn.batch, tokens, self.model, cfg.rollout.temperature, self.world)
+        with full_weights(self.model):  # ZeRO-3: whole weights while ranks forward unequally
+            drawn = self.sampling(self.step_count)  # 1-2. B x G completions, scored
+            seconds.update(drawn.seconds)
+            with _timed(seconds, "probe"):  # the engine's log-probs against the trainer's
+                probe = self.probe(self.model, drawn.batch.rollout) if self.probe else {}
+            tokens = TokenBatch.from_rollout(drawn.batch.rollout, self.engine.pad_id, alg.mask_truncated)
+            with _timed(seconds, "reference"):  # the frozen reference policy, when beta > 0
+                ref_logp = self.forward.reference(self.ref_model, tokens) if self.ref_model else None
+            with _timed(seconds, "advantages"):  # 3. group-relative (PPO: GAE on the critic's values)
+                values = self.critic.values(tokens) if self.critic else None
+                adv = compute_advantages(self.algorithm, drawn.batch, tokens, ref_logp=ref_logp,
+                                         values=values, beta=alg.beta, kl_in_reward=alg.kl_in_reward,
+                                         component_weights=self.component_weights())
+            # the entropy of the policy that sampled, before it moves
+            entropy = policy_entropy(drawn.batch, tokens, self.model, cfg.rollout.temperature, self.world)
         with _timed(seconds, "update"):  # 4. clipped policy loss, optimiser step(s)
             update = self.update(tokens, adv, drawn.batch.rollout.logprobs)
             critic = self.critic.update(tokens, adv.rewards, values) if self.critic else {}
@@ -214,8 +220,11 @@ class GRPOTrainer:
                 self._count_skips(m)
                 if self.step_count == 1:  # the resolved backends, recorded with the run
                     m.update({f"backend/{k}": v for k, v in _backend(self.cfg).items()})
-                if every and self.step_count % every == 0 and self.world.is_main:
-                    m.update(self.evaluate())
+                if every and self.step_count % every == 0:
+                    with full_weights(self.model):  # ZeRO-3: every rank gathers, rank 0 evaluates
+                        if self.world.is_main:
+                            m.update(self.evaluate())
+                        self._deepspeed_barrier()
                 history.append(m)
                 log.log_metrics(m)
                 log.log_samples(self.samples)
@@ -246,14 +255,24 @@ class GRPOTrainer:
     def save(self, path: str | Path) -> Path:
         """The policy and tokenizer in Hugging Face format (safetensors); PPO's critic beside."""
         path = Path(path)
-        if self.world.is_main:
-            path.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(path)
-            self.tokenizer.save_pretrained(path)
-            save_template(path, self.cfg, self.tokenizer)  # the prompts serve must build
-            if self.critic is not None:
-                self.critic.save(path)
+        with full_weights(self.model):  # ZeRO-3: gathered on every rank, written by rank 0
+            if self.world.is_main:
+                self._write_weights(path)
+            self._deepspeed_barrier()
         return path
+
+    def _write_weights(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        save_template(path, self.cfg, self.tokenizer)  # the prompts serve must build
+        if self.critic is not None:
+            self.critic.save(path)
+
+    def _deepspeed_barrier(self) -> None:
+        """Under deepspeed, the ranks wait for rank 0 inside a gathered block."""
+        if policy_of(self.model) is not None:
+            self.world.barrier()
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -276,15 +295,20 @@ class GRPOTrainer:
     def checkpoint(self) -> Path:
         """Write `checkpoints/step-N` atomically (weights, tokenizer, trainer state, config,
         manifest) and keep the newest `train.keep_last`. See `r1lab.train.checkpoint`."""
+        ds = policy_of(self.model) is not None
+        state = self.state_dict() if ds else None  # deepspeed: a collective (ZeRO partitions)
+
         def write(tmp: Path) -> None:
-            self.save(tmp)
-            torch.save(self.state_dict(), tmp / ckpt.STATE)
+            self._write_weights(tmp)
+            torch.save(state if ds else self.state_dict(), tmp / ckpt.STATE)
             (tmp / ckpt.CONFIG).write_text(self.cfg.to_yaml())
 
         path = self.run_dir / "checkpoints" / f"step-{self.step_count}"
-        if self.world.is_main:
-            path = ckpt.write_checkpoint(self.run_dir / "checkpoints", self.step_count, write,
-                                         self.cfg.train.keep_last)
+        with full_weights(self.model):  # ZeRO-3: gathered on every rank, written by rank 0
+            if self.world.is_main:
+                path = ckpt.write_checkpoint(self.run_dir / "checkpoints", self.step_count, write,
+                                             self.cfg.train.keep_last)
+            self._deepspeed_barrier()
         self.last_checkpoint, self._saved_step = path, self.step_count
         return path
 
@@ -295,7 +319,8 @@ class GRPOTrainer:
         path = Path(path)
         if self.critic is not None:
             self.critic.load(path)
-        ckpt.load_weights(self.model, path)
+        with full_weights(self.model, modify=True):  # ZeRO-3: into the gathered weights
+            ckpt.load_weights(self.model, path)
         self.load_state_dict(ckpt.load_state(path))
         if self.world.is_main:
             for name in ("metrics.jsonl", "samples.jsonl"):

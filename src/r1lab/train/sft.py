@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from r1lab.models.loading import precision
 from r1lab.train.common import JsonlWriter
 from r1lab.train.packed import PackedBatch, packed_logprobs, packed_support
 
@@ -58,12 +59,16 @@ def train_sft(
     description: str = "sft",
     packed: bool = True,
     logger=None,
+    autocast: torch.dtype | None = None,
 ) -> list[float]:
     """Train `model` in place for `steps` optimiser steps; returns the loss of each step.
 
     `packed`: Llama-family models run `r1lab.train.packed` (no padding in the matmuls; a batch
     mixing short and long examples costs what its tokens cost); others, or False, the padded
     Hugging Face forward. Both give the same loss.
+
+    `autocast`: mixed precision, the forward under `torch.autocast` in this dtype (weights stay
+    as they are, fp32 masters; `r1lab.models.loading.compute_dtype`).
 
     `logger` (a `r1lab.tracking.RunLogger`) gets each step's record instead of `log_path`
     (metrics.jsonl, trackers, health checks); when it sets `stop_reason` (an alarm of
@@ -89,7 +94,8 @@ def train_sft(
                 order += fresh
             batch = [encoded[i] for i in order[:batch_size]]
             del order[:batch_size]
-            loss = _loss(model, batch, tokenizer.pad_token_id, packed)  # mean over completion tokens
+            with precision(autocast, model.device):
+                loss = _loss(model, batch, tokenizer.pad_token_id, packed)  # mean over completion tokens
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
