@@ -165,3 +165,33 @@ def test_training_linear_leaves_autocast_to_torch():
     y.float().sum().backward()
     assert w.grad.dtype == torch.float32
     torch.testing.assert_close(w.grad, x.sum(0).expand(512, 512), rtol=0.02, atol=0.05)
+
+
+def test_mixed_precision_swiglu_saves_less_and_has_autograds_gradient():
+    """In bf16 (autocast's dtype; the C kernel is float32-only) `swiglu` keeps g and u for the
+    backward, not silu(g) as well, and its gradients are autograd's up to bf16 rounding."""
+    g0 = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 32, generator=g0)
+    wg, wu = (torch.randn(48, 32, generator=g0, requires_grad=True) for _ in range(2))
+    saved = []
+
+    def run(mixed: bool):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+                y = onednn.swiglu(x, wg, None, wu, None) if mixed else F.silu(F.linear(x.bfloat16(), wg.bfloat16())) * F.linear(x.bfloat16(), wu.bfloat16())
+        return y
+
+    saved.clear()
+    ours = run(True)
+    n_ours = sum(1 for s in saved if s == (64, 48))
+    saved.clear()
+    ref = run(False)
+    n_ref = sum(1 for s in saved if s == (64, 48))
+    assert (n_ours, n_ref) == (2, 3)
+    torch.testing.assert_close(ours, ref)
+    grad = torch.randn(64, 48, generator=g0).bfloat16()
+    got = torch.autograd.grad(ours, (wg, wu), grad)
+    want = torch.autograd.grad(ref, (wg, wu), grad)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0.03, atol=0.05 * b.abs().max().item())

@@ -251,11 +251,35 @@ def swiglu(x: Tensor, gate_w: Tensor, gate_b: Tensor | None, up_w: Tensor,
         t is not None and t.requires_grad for t in (x, gate_w, gate_b, up_w, up_b))
     if grad or not _eligible(x, gate_w):
         g, u = linear(x, gate_w, gate_b), linear(x, up_w, up_b)
-        return kernels.swiglu(g, u) if kernels.supports(g, u) else F.silu(g) * u
+        if kernels.supports(g, u):
+            return kernels.swiglu(g, u)
+        if grad and g.dtype in (torch.bfloat16, torch.float16):
+            return _SwiGLURecompute.apply(g, u)
+        return F.silu(g) * u
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     g = torch.ops.mkldnn._linear_pointwise(x2, gate_w.contiguous(), gate_b, "swish", [], "")
     y = torch.ops.mkldnn._linear_pointwise.binary(x2, g, up_w.contiguous(), up_b, "mul")
     return y.view(*x.shape[:-1], up_w.shape[0])
+
+
+class _SwiGLURecompute(torch.autograd.Function):
+    """silu(g) * u that saves only g and u (autograd's own also keeps silu(g)): one
+    [tokens, intermediate] tensor less per layer in a mixed-precision forward, where the C
+    kernel (float32 only) does not run. 4M Qwen2 at 16 x 1,024 tokens: 128 of 1,068 MiB saved.
+    The backward recomputes sigmoid(g), in place where it can (3 transient buffers)."""
+
+    @staticmethod
+    def forward(ctx, g: Tensor, u: Tensor) -> Tensor:
+        ctx.save_for_backward(g, u)
+        return F.silu(g) * u
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        g, u = ctx.saved_tensors
+        s = torch.sigmoid(g)
+        du = (g * s).mul_(grad)  # d/du = silu(g)
+        dg = (1 - s).mul_(g).add_(1).mul_(s).mul_(grad).mul_(u)  # silu'(g) = s (1 + g (1 - s))
+        return dg, du
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from tests.conftest import MICRO
 
@@ -108,3 +109,24 @@ def test_sft_under_autocast_computes_in_bf16(micro_model, tokenizer):
         losses[dt] = train_sft(model, tokenizer, pairs, steps=1, batch_size=4, lr=0.0,
                                warmup_steps=1, progress=False, autocast=dt)[0]
     assert 1e-6 < abs(losses[None] - losses[torch.bfloat16]) < 0.05, losses
+
+
+def test_bf16_attention_runs_in_fp32_on_the_kernel():
+    """Under autocast the training attention takes the C kernel in fp32 (RoPE and softmax in
+    fp32) on q/k/v cast up from bf16: the output equals the kernel's on those values."""
+    import r1lab.kernels as kernels
+    from r1lab.models import ops
+
+    if not kernels.available():
+        pytest.skip("the C kernels do not build here")
+    g = torch.Generator().manual_seed(0)
+    n, H, D = 10, 2, 16
+    qkv = torch.randn(n, 3 * H, D, generator=g).bfloat16()
+    gather = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 1, 6, 7, 8, 9]])  # two blocks sharing a prompt
+    block_len = torch.tensor([6, 6])
+    cos, ssin = (torch.randn(8, D, generator=g) for _ in range(2))
+    pos = torch.tensor([0, 1, 2, 3, 4, 5, 2, 3, 4, 5])
+    got = ops.block_causal_attention(qkv, gather, block_len, H, H, 0.25, cos, ssin, pos)
+    want = ops.block_causal_attention(qkv.float(), gather, block_len, H, H, 0.25, cos, ssin, pos)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

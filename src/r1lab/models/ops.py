@@ -199,12 +199,15 @@ def block_causal_attention(qkv: Tensor, gather: Tensor, block_len: Tensor, heads
     block_len [R]: real positions per block (the rest is padding, whose output is never read);
     cos_t/ssin_t [>= S, D] (`rope_table`). Returns [R, S, H D].
 
-    Backend: on CPU float32 the C kernel (RoPE + attention in one pass, padding skipped);
-    otherwise RoPE in torch, then two batched matmuls for short CPU blocks, else SDPA.
+    Backend: on CPU float32 the C kernel (RoPE + attention in one pass, padding skipped), with
+    bf16/fp16 q/k/v (autocast) cast to float32 for it; otherwise RoPE in torch, then two
+    batched matmuls for short CPU blocks, else SDPA.
     """
     n, _, D = qkv.shape
     H, Hkv = heads, kv_heads
     R, S = gather.shape
+    if qkv.dtype in (torch.bfloat16, torch.float16) and kernels.causal_supports(cos_t, D):
+        qkv = qkv.float()  # mixed precision on CPU: RoPE and attention in fp32, on the C kernel
     if kernels.causal_supports(qkv, D):
         blocks = qkv.reshape(n, -1).index_select(0, gather.view(-1)).view(R, S, -1)
         return kernels.causal_attention(blocks, block_len, H, Hkv, scale, cos_t, ssin_t)
