@@ -118,5 +118,36 @@ def test_auto_strategy_follows_accelerate_env(monkeypatch):
     assert resolve_strategy("auto", World(0, 1)) == "none"
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ValueError, match="deepspeed is not built"):
-        resolve_strategy("auto", World(0, 2))
+    assert resolve_strategy("auto", World(0, 2)) == "deepspeed"
+
+
+def test_deepspeed_plan_follows_config_and_accelerate(monkeypatch, tmp_path):
+    """The ZeRO stage and options r1lab hands DeepSpeed (no deepspeed needed)."""
+    from r1lab.train.deepspeed_engine import build_config, check_resumable, user_config, zero_stage
+
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", raising=False)
+    assert zero_stage(None, {}) == 2 and zero_stage(3, {}) == 3
+    assert zero_stage(None, {"zero_optimization": {"stage": 3}}) == 3
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")  # accelerate launch's zero_stage
+    assert zero_stage(None, {}) == 3 and zero_stage(2, {}) == 2
+    with pytest.raises(ValueError, match="stage 2 or 3, not 1"):
+        zero_stage(1, {})
+    path = tmp_path / "ds.json"
+    path.write_text('{"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto", '
+                    '"offload_optimizer": {"device": "cpu"}}, "gradient_clipping": "auto"}')
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
+    cfg = build_config(zero_stage(None, user_config(None)), World(0, 4), user_config(None))
+    assert cfg["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu"},
+                                        "overlap_comm": False, "contiguous_gradients": True}
+    assert cfg["train_batch_size"] == 4 and not cfg["managed_gradient_accumulation"]
+    for bad, match in (({"bf16": {"enabled": True}}, "enables bf16"),
+                       ({"optimizer": {"type": "Adam"}}, "'optimizer' section")):
+        with pytest.raises(ValueError, match=match):
+            build_config(2, World(0, 2), bad)
+    state = {"stage": 3, "world_size": 2, "partitions": [{}, {}]}
+    with pytest.raises(ValueError, match="ZeRO-3 optimiser partitions of 2 processes; this run "
+                                         "is ZeRO-3 on 4"):
+        check_resumable(state, World(0, 4), 3, "step-2")
+    with pytest.raises(ValueError, match="written under train.strategy: deepspeed"):
+        check_resumable(state, World(), None, "step-2")
+    check_resumable(state, World(1, 2), 3, "step-2")  # same world, same stage: fine

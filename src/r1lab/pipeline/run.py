@@ -18,6 +18,7 @@ from r1lab.evaluation import evaluate, paper_protocols
 from r1lab.models import load_policy
 from r1lab.train.checkpoint import resolve_resume
 from r1lab.train.common import seed_everything
+from r1lab.train.deepspeed_engine import full_weights, policy_of
 from r1lab.train.distributed import World, offload_requested, prepare_policy
 from r1lab.train.grpo import build_trainer  # GRPO, or PPO when the config has a critic
 from r1lab.train.memory import enable_gradient_checkpointing
@@ -62,7 +63,8 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     if cfg.train.gradient_checkpointing:  # the padded forward, layers recomputed, lean logprobs
         enable_gradient_checkpointing(model)
     prepare_policy(model, cfg.train.strategy, world,  # ddp: every rank starts from rank 0's weights
-                   offload=offload_requested(cfg.train.offload))
+                   offload=offload_requested(cfg.train.offload), zero_stage=cfg.train.zero_stage,
+                   deepspeed_config=cfg.train.deepspeed_config)
     check_tokenizer(tokenizer, model, cfg)
     check_context(train_rows, tokenizer, model, cfg)  # prompt + max_new_tokens fit the model
     out.mkdir(parents=True, exist_ok=True)
@@ -93,10 +95,13 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     result: dict[str, Any] = {"steps": trainer.step_count, "final": str(final),
                               "skipped_steps": trainer.skipped_steps,
                               "train_seconds": time.perf_counter() - t0}
+    with full_weights(model):  # ZeRO-3: whole weights on every rank while rank 0 evaluates
+        if world.is_main and heldout:
+            result["eval"] = heldout_eval(cfg, model, tokenizer, heldout, out)
+        if policy_of(model) is not None:
+            world.barrier()
     if not world.is_main:  # rank 0 evaluates and writes the results
         return result
-    if heldout:
-        result["eval"] = heldout_eval(cfg, model, tokenizer, heldout, out)
     (out / "result.json").write_text(json.dumps(result, indent=2))
     console.print(f"GRPO finished: {result}")
     return result

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -221,7 +222,13 @@ def _tuples(x: Any) -> Any:
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    return torch.load(Path(path) / STATE, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(Path(path) / STATE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a deepspeed run's ZeRO optimiser partitions
+        from r1lab.train.deepspeed_engine import safe_globals
+
+        with safe_globals():
+            return torch.load(Path(path) / STATE, map_location="cpu", weights_only=True)
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:

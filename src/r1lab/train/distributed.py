@@ -19,8 +19,10 @@ config names (`train.strategy`):
 - `fsdp2`: `torch.distributed.fsdp.fully_shard` on every decoder layer and the root, gradients
   reduce-scattered as sums (divide factor 1), optional bf16 compute over fp32 shards
   (`MixedPrecisionPolicy`) and CPU offload of parameters and optimiser state;
+- `deepspeed`: DeepSpeed ZeRO stage 2 or 3 (`r1lab.train.deepspeed_engine`), r1lab's own
+  loss, normaliser, AdamW, clipping and schedule;
 - `auto`: `none` for one process; under `accelerate launch` the engine its config names
-  (FSDP -> `fsdp2`, DeepSpeed -> refused: not built); else `ddp`.
+  (FSDP -> `fsdp2`, DeepSpeed -> `deepspeed`); else `ddp`.
 
 Gradients are *sums*, not means: each rank's loss is its own tokens' share of the global
 normaliser (`World.sum` of the token count), so the sum over ranks is exactly the one-process
@@ -168,10 +170,6 @@ def resolve_strategy(name: str, world: World) -> str:
     if name == "none" and world.size > 1:
         raise ValueError(f"train.strategy: none, but {world.size} processes were launched: "
                          "each would train its own copy; use ddp or fsdp2 (or auto)")
-    if name == "deepspeed":
-        raise ValueError("train.strategy: deepspeed is not built in r1lab yet (the configs in "
-                         "configs/accelerate/ for ZeRO are for accelerate's own trainers); use "
-                         "fsdp2 for sharded weights, gradients and optimiser state")
     return name
 
 
@@ -217,6 +215,12 @@ class ParallelPolicy:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight, unsharded, on CPU: on every rank for ddp/none, on rank 0 only for
         fsdp2 (the other ranks get {}); a collective under fsdp2, so every rank calls it."""
+        if self.strategy == "deepspeed":  # ZeRO-3: gathered; rank 0 keeps a copy
+            from r1lab.train.deepspeed_engine import full_weights
+
+            with full_weights(self.model):
+                state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            return state if self.world.is_main else {}
         if not self.sharded:
             return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -272,18 +276,27 @@ class ParallelPolicy:
 
 def prepare_policy(model: torch.nn.Module, strategy: str, world: World | None = None, *,
                    compute_dtype: torch.dtype | None = None,
-                   offload: bool = False) -> ParallelPolicy:
+                   offload: bool = False, zero_stage: int | None = None,
+                   deepspeed_config: str | None = None) -> ParallelPolicy:
     """Put `model` under `strategy` (see the module docstring). `compute_dtype` (fsdp2 only):
     forward/backward in that dtype over fp32 shards, gradients reduced in fp32. `offload`
-    (fsdp2 only): parameters, gradients and optimiser state live on CPU between uses."""
+    (fsdp2 only): parameters, gradients and optimiser state live on CPU between uses.
+    `zero_stage`, `deepspeed_config` (deepspeed only): the ZeRO stage and a DeepSpeed JSON whose
+    `zero_optimization` options are used; the engine is made when `PolicyUpdate` builds the
+    optimiser (`r1lab.train.deepspeed_engine`)."""
     world = world or World.current()
     strategy = resolve_strategy(strategy, world)
     if (compute_dtype is not None or offload) and strategy != "fsdp2":
-        raise ValueError("FSDP2 mixed precision / offload need train.strategy: fsdp2")
+        raise ValueError("FSDP2 mixed precision / offload need train.strategy: fsdp2 (deepspeed: "
+                         "offload_* in the DeepSpeed config's zero_optimization)")
+    if strategy == "deepspeed":
+        from r1lab.train import deepspeed_engine
+
+        deepspeed_engine.prepare(model, world, zero_stage, deepspeed_config)
+        _broadcast(model)  # every rank starts from rank 0's weights
+        return ParallelPolicy(model, "deepspeed", world)
     if strategy == "ddp":
-        with torch.no_grad():  # every rank starts from rank 0's weights
-            for t in list(model.parameters()) + list(model.buffers()):
-                dist.broadcast(t.data, src=0)
+        _broadcast(model)  # every rank starts from rank 0's weights
     elif strategy == "fsdp2":
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -300,6 +313,12 @@ def prepare_policy(model: torch.nn.Module, strategy: str, world: World | None = 
             unit.set_gradient_divide_factor(1.0)  # collectives (gloo has no PREMUL_SUM)
             unit.set_force_sum_reduction_for_comms(True)
     return ParallelPolicy(model, strategy, world)
+
+
+def _broadcast(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

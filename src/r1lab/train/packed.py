@@ -51,6 +51,10 @@ def packed_support(model, max_len: int) -> str | None:
     why = ops.llama_support(model, max_len)
     if why is not None:
         return why
+    from r1lab.train.deepspeed_engine import partitioned
+
+    if any(partitioned(p) for p in model.parameters()):
+        return "ZeRO-3 holds the weights partitioned (the packed forward reads them whole)"
     checkpointing = getattr(type(model), "is_activation_checkpointing", None)  # transformers >= 5
     if (getattr(model, "is_activation_checkpointing", False) if checkpointing is not None
             else getattr(model, "is_gradient_checkpointing", False)):

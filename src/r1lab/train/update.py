@@ -69,6 +69,11 @@ class PolicyUpdate:
         self.correction = (None if r.correction == "none" else
                            partial(ROLLOUT_CORRECTIONS.get(r.correction), cap=r.correction_cap))
         self.skip_inert = not self.kl_in_loss and zero_advantage_is_inert(alg)
+        from r1lab.train.deepspeed_engine import policy_of
+
+        self.ds = policy_of(model)  # train.strategy deepspeed: ZeRO steps r1lab's AdamW
+        if self.ds is not None:
+            self.ds.wrap(self.optimizer, o.grad_clip)
 
     def __call__(self, tokens: TokenBatch, adv: Advantages, sampler_logp: torch.Tensor) -> dict[str, float]:
         cfg, alg = self.cfg.algorithm, self.alg
@@ -88,9 +93,16 @@ class PolicyUpdate:
             if self.skip_inert:
                 rows = rows[(advantages[a:b] * mask[a:b]).ne(0).any(-1)]
                 summed["skipped_rows"] = summed.get("skipped_rows", 0.0) + (b - a - len(rows))
-            self.optimizer.zero_grad(set_to_none=True)
+            if self.ds is None:  # (DeepSpeed clears its gradients in its step)
+                self.optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
-            for idx in self.forward.micro_batches(self.model, tokens, rows):
+            batches = self.forward.micro_batches(self.model, tokens, rows)
+            if self.ds is not None:  # ZeRO reduces/gathers in every pass: as many on every rank
+                batches += [None] * (int(self.world.max(max(1, len(batches)))) - len(batches))
+            for idx in batches:
+                if idx is None:  # an idle pass: a real forward, zero loss
+                    self.ds.backward(self._idle_loss(tokens))
+                    continue
                 m = mask[idx]  # [n, T]
                 logp = self.forward.logprobs(self.model, tokens, idx)  # [n, T]
                 old = logp.detach() if len(starts) == 1 else sampler_logp[idx]
@@ -103,14 +115,22 @@ class PolicyUpdate:
                     lm["kl"] = ((kl * m).sum() / m.sum().clamp(min=1)).detach()
                 loss = alg.aggregation(per_token=per_token, mask=m, num_tokens=num_tokens,
                                        num_seqs=num_seqs, norm_len=self.cfg.rollout.max_new_tokens)
-                loss.backward()
+                if self.ds is None:
+                    loss.backward()
+                else:
+                    self.ds.backward(loss)
                 share = m.sum().item() / max(1.0, num_tokens.item())
                 step_loss += loss.item()
                 for k, v in lm.items():
                     summed[k] = summed.get(k, 0.0) + float(v) * share / len(starts)
-            self._reduce_gradients(computed=len(rows) > 0)  # every rank: the global gradient
+            if self.ds is None:
+                self._reduce_gradients(computed=len(rows) > 0)  # every rank: the global gradient
             step_loss = float(self.world.sum(step_loss))  # the global batch's loss
             total_loss += step_loss / len(starts)
+            if self.ds is not None:  # clip over the global norm, step; skipped when not finite
+                grad_norms.append(self.ds.step())
+                skipped += not math.isfinite(grad_norms[-1])
+                continue
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
             grad_norms.append(grad_norm.item())
             if not (math.isfinite(step_loss) and bool(torch.isfinite(grad_norm))):
@@ -130,6 +150,16 @@ class PolicyUpdate:
         if skipped:
             out["skipped_updates"] = skipped
         return out
+
+    def _idle_loss(self, tokens: TokenBatch) -> torch.Tensor:
+        """Zero, through a real forward of this rank's first completion (the same modules, in
+        the same order, as a real micro-batch: ZeRO's per-pass collectives line up)."""
+        if len(tokens) == 0:
+            raise ValueError("train.strategy: deepspeed needs completions on every rank: this "
+                             f"rank owns no group of the batch (train.batch_size="
+                             f"{self.cfg.train.batch_size} over {self.world.size} processes); "
+                             "use a batch_size that is a multiple of the number of processes")
+        return self.forward.logprobs(self.model, tokens, torch.arange(1)).sum() * 0.0
 
     def _place(self, n_local: int) -> tuple[int, int]:
         """(index of my first completion in the global batch, global batch size)."""
@@ -154,8 +184,16 @@ class PolicyUpdate:
                 torch.distributed.all_reduce(p.grad)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        """Under deepspeed a collective: every rank's ZeRO partitions, gathered on rank 0."""
+        opt = self.optimizer.state_dict() if self.ds is None else self.ds.optimizer_state()
+        return {"optimizer": opt, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        from r1lab.train.deepspeed_engine import check_resumable
+
+        if self.ds is None:
+            check_resumable(state["optimizer"], self.world, None, "the checkpoint")
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            self.ds.load_optimizer_state(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
