@@ -195,3 +195,21 @@ def test_mixed_precision_swiglu_saves_less_and_has_autograds_gradient():
     for a, b in zip(got, want):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=0.03, atol=0.05 * b.abs().max().item())
+
+
+def test_bf16_decoding_projection_packed_equals_f_linear_in_bf16():
+    """The sampler's bf16 projections (`CastLinear`): large weights packed for oneDNN, small ones
+    plain; both give F.linear in bf16 (fp32 in and out) up to bf16 rounding."""
+    from r1lab.rollout.native import CastLinear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 512, generator=g)
+    for out in (512, 64):  # 512 x 512 >= MIN_PACKED_WEIGHT; 64 x 512 below
+        w, b = torch.randn(out, 512, generator=g) / 20, torch.randn(out, generator=g)
+        lin = CastLinear(w, b, torch.bfloat16, rows=16)
+        assert (lin.onednn is not None) == (w.numel() >= onednn.MIN_PACKED_WEIGHT and onednn.bf16_usable())
+        y = lin(x)
+        assert y.dtype == torch.float32
+        want = F.linear(x.bfloat16(), w.bfloat16(), b.bfloat16()).float()
+        torch.testing.assert_close(y, want, rtol=2e-2, atol=2e-2)
+        assert (y - F.linear(x, w, b)).abs().max() > 1e-4  # it did run in bf16

@@ -70,6 +70,29 @@ def _probe_fp32() -> bool:
     return all(torch.allclose(y, want, rtol=1e-4, atol=1e-4) for y in got)
 
 
+_bf16_usable: bool | None = None
+
+
+def bf16_usable() -> bool:
+    """True when oneDNN's linear runs a packed bfloat16 weight here and matches `F.linear` in
+    bfloat16 (checked once per process; needs `onednn_usable()`)."""
+    global _bf16_usable
+    if _bf16_usable is None:
+        _bf16_usable = False
+        if onednn_usable():
+            try:
+                with torch.autocast("cpu", enabled=False):
+                    g = torch.Generator().manual_seed(0)
+                    x, w, b = (torch.randn(s, generator=g).bfloat16() for s in ((5, 64), (48, 64), (48,)))
+                    got = torch.ops.mkldnn._linear_pointwise(
+                        x, torch.ops.mkldnn._reorder_linear_weight(w, 8), b, "none", [], "")
+                    _bf16_usable = bool(torch.allclose(got.float(), F.linear(x, w, b).float(),
+                                                       rtol=2e-2, atol=2e-2))
+            except (RuntimeError, AttributeError, NotImplementedError):
+                _bf16_usable = False
+    return _bf16_usable
+
+
 class Linear:
     """`x W^T + b` for a fixed weight, with the fused variants a decoder needs.
 
@@ -119,7 +142,9 @@ def set_enabled(enabled: bool) -> bool:
     """Turn oneDNN linears off (every linear is `F.linear`) or on (probed if not yet).
     Returns `onednn_usable()`. Called by `r1lab.models.backend.resolve`."""
     global _usable, _wgrad
+    global _bf16_usable
     _usable = _probe() if enabled else False
+    _bf16_usable = None
     if not _usable:
         _wgrad = False
     return _usable

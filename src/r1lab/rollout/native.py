@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from r1lab import kernels
+from r1lab import kernels, onednn
 from r1lab.models import ops
-from r1lab.onednn import Linear
+from r1lab.onednn import MIN_PACKED_WEIGHT, Linear
 
 #: a CPU moves ~10 float32 FLOP in the time it copies a byte; decides when compaction pays
 FLOP_PER_BYTE = 10.0
@@ -59,7 +59,7 @@ class _Layer:
             qkv_w = qkv_w * self.ln1.weight
             gate_w, up_w = gate_w * self.ln2.weight, up_w * self.ln2.weight
         lin = Linear if matmul_dtype is None else (
-            lambda w, b, rows=rows: CastLinear(w, b, matmul_dtype))
+            lambda w, b, rows=rows: CastLinear(w, b, matmul_dtype, rows))
         self.qkv = lin(qkv_w, qkv_b, rows)
         self.o = lin(a.o_proj.weight, a.o_proj.bias, rows)
         self.down = lin(m.down_proj.weight, m.down_proj.bias, rows)
@@ -92,17 +92,33 @@ class CastLinear:
     """`Linear`'s interface with the weight held in a lower precision (`dtype`, e.g. bfloat16):
     the input is cast to it, the matmul runs in it (AMX on CPUs that have it; half the weight
     bytes to read per decoding step either way) and the result comes back in the input's dtype.
-    Activations, the KV cache, norms and attention stay in float32 (and on the C kernels)."""
+    Activations, the KV cache, norms and attention stay in float32 (and on the C kernels).
 
-    packed = None  # never oneDNN-packed: gate and up are one fused matmul
+    On CPU, bfloat16 weights of at least `MIN_PACKED_WEIGHT` elements are packed once for
+    oneDNN (`onednn.bf16_usable`): 25M Qwen2, one decoding step's projections at 16 rows, one
+    core: 11.4 ms with `F.linear` in bf16, 9.6 ms packed (19.7 ms in float32, packed).
+    """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> None:
+    packed = None  # no fused SiLU/product forms: gate and up are one matmul (`_Layer`)
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, rows: int = 64) -> None:
+        self.dtype = dtype
         self.weight = weight.detach().to(dtype)
         self.bias = None if bias is None else bias.detach().to(dtype)
         self.in_features = weight.shape[1]
+        self.onednn = None
+        if (self.weight.device.type == "cpu" and dtype == torch.bfloat16
+                and self.weight.numel() >= MIN_PACKED_WEIGHT and onednn.bf16_usable()):
+            self.onednn = torch.ops.mkldnn._reorder_linear_weight(self.weight, max(1, rows))
+            self.weight = None  # the packed copy is all that is used
 
     def __call__(self, x: Tensor) -> Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+        xl = x.to(self.dtype)
+        if self.onednn is not None:
+            y = torch.ops.mkldnn._linear_pointwise(xl, self.onednn, self.bias, "none", [], "")
+        else:
+            y = F.linear(xl, self.weight, self.bias)
+        return y.to(x.dtype)
 
     def add_to(self, h: Tensor, x: Tensor) -> Tensor:
         """h + x W^T + b (the residual stays in h's dtype)."""
