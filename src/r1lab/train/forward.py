@@ -33,7 +33,6 @@ class Forward:
         self.lean = lean  # padded path: `lean_logprobs` (no [n, T, V] logits kept for backward)
         self.autocast = autocast  # mixed precision: matmuls in this dtype, fp32 master weights
 
-
     def is_packed(self, model, width: int) -> bool:
         """Whether `model`'s forward on sequences of up to `width` tokens is `packed_logprobs`."""
         return self.packed and packed_support(model, width) is None
