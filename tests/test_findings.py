@@ -72,6 +72,34 @@ def test_language_finding_on_seed_1(tmp_path):
     assert s["lc_mixing_rate"] < s["r1zero_mixing_rate"]
 
 
+def assert_readability_finding(s):
+    """R1 (cold start first) is more readable than R1-Zero at similar accuracy: it mixes at most
+    half as often, its format is no worse, and its pass@1 is within 0.03 of R1-Zero's."""
+    assert s["r1_mixing_rate"] <= 0.5 * s["r1zero_mixing_rate"]
+    assert s["r1_format_error_rate"] <= s["r1zero_format_error_rate"] + 0.01
+    assert s["r1_pass1"] >= s["r1zero_pass1"] - 0.03
+
+
+def assert_distillation_finding(s):
+    """For the smaller student, SFT on the larger teacher's filtered samples beats R1-Zero RL on
+    the student itself, at equal steps and at equal compute."""
+    assert s["student_params"] < s["teacher_params"]
+    assert s["distill_equal_steps_pass1"] > s["rl_pass1"]
+    assert s["distill_equal_compute_pass1"] > s["rl_pass1"]
+
+
+@pytest.mark.slow  # ~10 min on one core: the language base, R1-Zero and the four stages
+def test_readability_finding_on_seed_1(tmp_path):
+    cfg = load_demo_config(scenario="readability", overrides=["log.progress=false", "model.threads=1"])
+    assert_readability_finding(run_demo(cfg, tmp_path, seed=1))
+
+
+@pytest.mark.slow  # ~3 min on one core: teacher and student pre-training, two RL runs, two SFTs
+def test_distillation_finding_on_seed_1(tmp_path):
+    cfg = load_demo_config(scenario="distillation", overrides=["log.progress=false", "model.threads=1"])
+    assert_distillation_finding(run_demo(cfg, tmp_path, seed=1))
+
+
 @pytest.mark.slow  # ~10 s of CPU: a pre-training, R1-Zero and the four stages, micro-sized
 def test_readability_scenario_runs_r1zero_and_the_four_stages(tmp_path):
     overrides = [o for o in MICRO if not o.startswith("pretrain.reflect")] + [
