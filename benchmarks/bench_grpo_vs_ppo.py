@@ -64,7 +64,7 @@ def child_memory(algo: str, base: str, steps: int, seed: int) -> dict:
     trainer = build(algo, base, seed)
     rss_loaded = rss_mb()
     history = [trainer.step() for _ in range(steps)]
-    nets = [trainer.model] + ([trainer.critic] if hasattr(trainer, "critic") else [])
+    nets = [trainer.model] + ([trainer.critic] if getattr(trainer, "critic", None) is not None else [])  # GRPO: None
     params = sum(p.numel() * p.element_size() for n in nets for p in n.parameters())
     return {
         "device": str(next(trainer.model.parameters()).device),
