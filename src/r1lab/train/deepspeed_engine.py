@@ -162,14 +162,15 @@ class DeepSpeedPolicy:
     # ---------------------------------------------------------------- weights
     def full_weights(self, modify: bool = False):
         """Every weight whole on every rank inside the block (ZeRO-3; a no-op under ZeRO-2,
-        whose weights are replicated). A collective: every rank enters it. `modify`: rank 0's
-        values are kept on exit (e.g. weights loaded into the module)."""
+        whose weights are replicated). A collective: every rank enters and leaves it. `modify`:
+        rank 0's values are kept on exit (weights loaded into the module; no forward inside)."""
         if self.stage != 3 or self.engine is None:
             return contextlib.nullcontext()
         import deepspeed
 
-        return deepspeed.zero.GatheredParameters(list(self.model.parameters()),
-                                                 modifier_rank=0 if modify else None)
+        if modify:
+            return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=0)
+        return _local_forwards(self.engine)
 
     # ---------------------------------------------------------------- optimiser state
     def optimizer_state(self) -> dict[str, Any] | None:
@@ -191,6 +192,25 @@ class DeepSpeedPolicy:
         check_resumable(state, self.world, self.stage, where)
         self.engine.optimizer.load_state_dict(state["partitions"], load_optimizer_states=True,
                                               load_from_fp32_weights=True)
+
+
+@contextlib.contextmanager
+def _local_forwards(engine):
+    """ZeRO-3's weights gathered whole, and its hooks off meanwhile, so that a forward inside
+    is local: one rank may run alone (evaluation) and ranks may run different numbers of
+    forwards (sampling). DeepSpeed's `unwrap_model_for_generation` gathers and removes the
+    per-module hooks; the root module's pre-forward hook (`reset_step`) stays and, while ZeRO
+    records its trace, checks the module order against the other ranks (a collective): it is
+    a no-op inside the block."""
+    from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+    coordinator = engine.optimizer.parameter_offload.get_param_coordinator()
+    with unwrap_model_for_generation(engine):
+        coordinator.reset_step = lambda: None
+        try:
+            yield
+        finally:
+            del coordinator.reset_step
 
 
 def _skip_cpu_shm_op() -> None:
