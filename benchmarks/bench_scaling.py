@@ -8,7 +8,8 @@
 Built like `bench_vs_trl.py`: both trainers get the same objects (one Qwen2 model built from a
 config, weights copied; the char tokenizer; the same prompts, reward and GRPO settings: G=8,
 T=1.0, beta 0.04 with k3, DAPO token-level loss, eps 0.2, AdamW lr 1e-4, grad clip 1, one
-optimiser step per batch, no micro-batching), and their steps are interleaved in one process
+optimiser step per batch, no micro-batching, no gradient checkpointing: TRL 1.x turns it on by
+default, so it is turned off here), and their steps are interleaved in one process
 (TRL step, r1lab step, ...); the step time of each is the median after warm-up (wall time,
 the result; the process's CPU time is printed too: with `--threads 1` on a machine shared
 with other jobs, it is the cost without the time-slicing).
@@ -226,7 +227,8 @@ def trl_trainer(model, tokenizer, prompts: int, new_tokens: int, steps: int, cal
         temperature=1.0, top_p=1.0, learning_rate=LR, lr_scheduler_type="constant",
         weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0, beta=BETA,
         loss_type="dapo", epsilon=0.2, scale_rewards="group", max_steps=steps, seed=SEED,
-        use_cpu=True, bf16=PRECISION == "bf16", report_to=[], save_strategy="no", logging_steps=10_000,
+        use_cpu=True, gradient_checkpointing=False,  # TRL's default is True; r1lab's False
+        bf16=PRECISION == "bf16", report_to=[], save_strategy="no", logging_steps=10_000,
         disable_tqdm=True, dataloader_num_workers=0,
     )
     model.config._name_or_path = model_dir  # TRL builds its reference model from this path

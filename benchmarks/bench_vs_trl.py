@@ -135,7 +135,8 @@ def trl_trainer(model, tokenizer, beta: float, steps: int, callback, model_dir: 
         temperature=1.0, top_p=1.0, learning_rate=LR, lr_scheduler_type="constant",
         weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0, beta=beta,
         loss_type="dapo", epsilon=0.2, scale_rewards="group", max_steps=steps, seed=SEED,
-        use_cpu=True, bf16=False, report_to=[], save_strategy="no", logging_steps=10_000,
+        use_cpu=True, gradient_checkpointing=False,  # TRL's default is True; r1lab's False
+        bf16=False, report_to=[], save_strategy="no", logging_steps=10_000,
         disable_tqdm=True, dataloader_num_workers=0,
     )
     model.config._name_or_path = model_dir  # TRL builds its reference model from this path

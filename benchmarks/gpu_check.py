@@ -130,6 +130,7 @@ def trl_run(model_dir: Path, args) -> dict:
                      num_generations=args.group, max_completion_length=args.tokens,
                      learning_rate=1e-6, max_steps=args.steps, bf16=gpu, use_cpu=not gpu,
                      use_vllm=gpu, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
+                     gradient_checkpointing=False,  # TRL's default is True; r1lab's False
                      report_to=[], save_strategy="no", logging_steps=10_000, disable_tqdm=True)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
