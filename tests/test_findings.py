@@ -94,7 +94,7 @@ def test_readability_finding_on_seed_1(tmp_path):
     assert_readability_finding(run_demo(cfg, tmp_path, seed=1))
 
 
-@pytest.mark.slow  # ~3 min on one core: teacher and student pre-training, two RL runs, two SFTs
+@pytest.mark.slow  # minutes on one core: teacher and student pre-training, two RL runs, two SFTs
 def test_distillation_finding_on_seed_1(tmp_path):
     cfg = load_demo_config(scenario="distillation", overrides=["log.progress=false", "model.threads=1"])
     assert_distillation_finding(run_demo(cfg, tmp_path, seed=1))
