@@ -89,3 +89,37 @@ def test_merged_checkpoint_loads_in_plain_transformers(tmp_path):
 def test_unknown_target_module_names_the_key():
     with pytest.raises(ValueError, match="model.lora.target_modules: qproj not in the model"):
         lora_policy(target_modules=["qproj"])
+
+
+def test_a_lora_grpo_run_saves_merged_weights_and_its_adapter(tmp_path):
+    """`train grpo` with `model.lora`: `final/` (and every checkpoint) is the merged policy as a
+    plain transformers directory, with the trained peft model's outputs, and the adapter in
+    `adapter/`, which `resume` loads back exactly."""
+    from tests.train.test_grpo import _LengthReward
+    from transformers import AutoModelForCausalLM
+
+    from r1lab.config import RunConfig
+    from r1lab.data.tasks import generate
+    from r1lab.train.grpo import GRPOTrainer
+
+    rows = [p.row() for p in generate("addition", 8, seed=0, split="train")]
+    cfg = RunConfig.model_validate({
+        "model": {"tiny": MICRO.model_dump(), "lora": {"r": 4, "alpha": 8}},
+        "rollout": {"group_size": 4, "max_new_tokens": 8},
+        "train": {"steps": 2, "batch_size": 2, "micro_batch_size": 8, "seed": 0, "save_every": 1},
+        "optim": {"lr": 5e-2}, "log": {"progress": False}})
+
+    model, tok = load_policy(cfg.model, seed=0)
+    tr = GRPOTrainer(cfg, model, tok, rows, tmp_path / "a")
+    tr.rewards = _LengthReward()  # varies within every group of random completions
+    tr.fit()
+    final = tr.save(tmp_path / "a" / "final")
+    plain = AutoModelForCausalLM.from_pretrained(final)
+    assert not is_lora(plain) and (final / "adapter" / "adapter_model.safetensors").is_file()
+    assert (logits(plain) - logits(model)).abs().max() < 1e-5
+    assert (logits(plain) - logits(lora_policy()[0])).abs().max() > 1e-4  # it trained
+    fresh, _ = load_policy(cfg.model, seed=0)
+    last = sorted((tmp_path / "a" / "checkpoints").iterdir())[-1]  # step 2: the final weights
+    assert not is_lora(AutoModelForCausalLM.from_pretrained(last))
+    GRPOTrainer(cfg, fresh, tr.tokenizer, rows, tmp_path / "b").resume(last)
+    assert torch.equal(logits(fresh), logits(model))

@@ -262,9 +262,14 @@ class GRPOTrainer:
         return path
 
     def _write_weights(self, path: Path) -> None:
+        from r1lab.models.lora import is_lora, save_merged
+
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        if is_lora(self.model):  # merged weights (plain transformers) + the adapter in adapter/
+            save_merged(self.model, self.tokenizer, path)
+        else:
+            self.model.save_pretrained(path)
+            self.tokenizer.save_pretrained(path)
         save_template(path, self.cfg, self.tokenizer)  # the prompts serve must build
         if self.critic is not None:
             self.critic.save(path)
@@ -319,8 +324,13 @@ class GRPOTrainer:
         path = Path(path)
         if self.critic is not None:
             self.critic.load(path)
+        from r1lab.models.lora import is_lora, load_adapter
+
         with full_weights(self.model, modify=True):  # ZeRO-3: into the gathered weights
-            ckpt.load_weights(self.model, path)
+            if is_lora(self.model):  # the checkpoint's adapter/; its merged weights are for users
+                load_adapter(self.model, path)
+            else:
+                ckpt.load_weights(self.model, path)
         self.load_state_dict(ckpt.load_state(path))
         if self.world.is_main:
             for name in ("metrics.jsonl", "samples.jsonl"):
