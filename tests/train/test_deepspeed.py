@@ -23,7 +23,7 @@ import yaml
 from tests.conftest import MICRO
 from tests.train.dist_helpers import run_ranks
 from tests.train.survival import raw_config, weights
-from tests.train.test_distributed import GROUPS, STEPS, G, batch, train
+from tests.train.test_distributed import STEPS, rank_rows, train
 from tests.train.test_distributed_cli import max_diff, run, steps_logged
 
 from r1lab.algorithms import AGGREGATIONS, POLICY_LOSSES
@@ -47,11 +47,7 @@ def train_zero(world: World, stage: int, ds_config: str) -> dict:
     ds = policy_of(model)
     ds.wrap(torch.optim.AdamW(model.parameters(), lr=1e-2), grad_clip=0.5)
     shards = all(partitioned(p) for p in model.parameters())
-    ids, attn, pos, adv, L = batch()
-    mask = attn[:, L:].float()  # [N, T]
-    groups = world.shard(GROUPS)
-    rows = torch.arange(groups.start * G, groups.stop * G)
-    num_tokens = world.sum(mask[rows].sum()).float()  # global normaliser
+    (ids, attn, pos, adv, L), mask, rows, num_tokens = rank_rows(world)  # global normaliser
     losses = []
     for _ in range(STEPS):
         total = torch.zeros(())

@@ -33,6 +33,16 @@ def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int
     return ids, attn, pos, adv, L
 
 
+def rank_rows(world: World) -> tuple[tuple, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`batch()`, its completion mask [N, T], this rank's rows (its whole groups) and the
+    global token normaliser."""
+    ids, attn, pos, adv, L = data = batch()
+    mask = attn[:, L:].float()  # [N, T]
+    groups = world.shard(GROUPS)
+    rows = torch.arange(groups.start * G, groups.stop * G)
+    return data, mask, rows, world.sum(mask[rows].sum()).float()
+
+
 def train(world: World, strategy: str) -> dict:
     """STEPS optimiser steps on this rank's groups; per-step global loss, final full weights."""
     torch.manual_seed(0)
@@ -42,11 +52,7 @@ def train(world: World, strategy: str) -> dict:
         ref = build_tiny_model(MICRO, build_char_tokenizer(), seed=0).state_dict()
         policy.load_full_state_dict(ref)
     opt = torch.optim.AdamW(policy.model.parameters(), lr=1e-2)
-    ids, attn, pos, adv, L = batch()
-    mask = attn[:, L:].float()  # [N, T]
-    groups = world.shard(GROUPS)
-    rows = torch.arange(groups.start * G, groups.stop * G)
-    num_tokens = world.sum(mask[rows].sum()).float()  # global normaliser
+    (ids, attn, pos, adv, L), mask, rows, num_tokens = rank_rows(world)  # global normaliser
     losses = []
     for _ in range(STEPS):
         opt.zero_grad(set_to_none=True)
