@@ -208,7 +208,7 @@ def test_bf16_decoding_projection_packed_equals_f_linear_in_bf16():
     x = torch.randn(16, 512, generator=g)
     for out in (512, 64):  # 512 x 512 >= MIN_PACKED_WEIGHT; 64 x 512 below
         w, b = torch.randn(out, 512, generator=g) / 20, torch.randn(out, generator=g)
-        lin = CastLinear(w, b, torch.bfloat16, rows=16)
+        lin = CastLinear(w, b, rows=16, dtype=torch.bfloat16)
         assert (lin.onednn is not None) == (w.numel() >= onednn.MIN_PACKED_WEIGHT and onednn.bf16_usable())
         y = lin(x)
         assert y.dtype == torch.float32

@@ -141,8 +141,7 @@ class Linear:
 def set_enabled(enabled: bool) -> bool:
     """Turn oneDNN linears off (every linear is `F.linear`) or on (probed if not yet).
     Returns `onednn_usable()`. Called by `r1lab.models.backend.resolve`."""
-    global _usable, _wgrad
-    global _bf16_usable
+    global _usable, _wgrad, _bf16_usable
     _usable = _probe() if enabled else False
     _bf16_usable = None
     if not _usable:

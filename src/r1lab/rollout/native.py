@@ -22,6 +22,8 @@ The tests check that greedy decoding equals `model.generate` token for token.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,8 +60,7 @@ class _Layer:
         if self.fold:
             qkv_w = qkv_w * self.ln1.weight
             gate_w, up_w = gate_w * self.ln2.weight, up_w * self.ln2.weight
-        lin = Linear if matmul_dtype is None else (
-            lambda w, b, rows=rows: CastLinear(w, b, matmul_dtype, rows))
+        lin = Linear if matmul_dtype is None else partial(CastLinear, dtype=matmul_dtype)
         self.qkv = lin(qkv_w, qkv_b, rows)
         self.o = lin(a.o_proj.weight, a.o_proj.bias, rows)
         self.down = lin(m.down_proj.weight, m.down_proj.bias, rows)
@@ -101,7 +102,8 @@ class CastLinear:
 
     packed = None  # no fused SiLU/product forms: gate and up are one matmul (`_Layer`)
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, dtype: torch.dtype, rows: int = 64) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, rows: int = 64,
+                 dtype: torch.dtype = torch.bfloat16) -> None:
         self.dtype = dtype
         self.weight = weight.detach().to(dtype)
         self.bias = None if bias is None else bias.detach().to(dtype)
