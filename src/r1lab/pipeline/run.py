@@ -55,16 +55,14 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
     start = resolve_resume("latest" if resume == "auto" else resume, out, warn) if resume else None
     world = World.current()  # torchrun / accelerate launch: N ranks, each training whole groups
     start = world.broadcast(start)  # rank 0's choice of checkpoint, for every rank
-    if cfg.train.strategy == "fsdp2" and world.size > 1:
-        raise ValueError("train.strategy: fsdp2 is not wired into `train grpo` yet (every rank "
-                         "would need the same number of forward passes); use ddp")
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     model, tokenizer = load_policy(cfg, seed=cfg.train.seed)
     if cfg.train.gradient_checkpointing:  # the padded forward, layers recomputed, lean logprobs
         enable_gradient_checkpointing(model)
     prepare_policy(model, cfg.train.strategy, world,  # ddp: every rank starts from rank 0's weights
                    offload=offload_requested(cfg.train.offload), zero_stage=cfg.train.zero_stage,
-                   deepspeed_config=cfg.train.deepspeed_config)
+                   deepspeed_config=cfg.train.deepspeed_config,
+                   replica=True)  # fsdp2: an unsharded copy samples and evaluates
     check_tokenizer(tokenizer, model, cfg)
     check_context(train_rows, tokenizer, model, cfg)  # prompt + max_new_tokens fit the model
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +95,7 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
                               "train_seconds": time.perf_counter() - t0}
     with full_weights(model):  # ZeRO-3: whole weights on every rank while rank 0 evaluates
         if world.is_main and heldout:
-            result["eval"] = heldout_eval(cfg, model, tokenizer, heldout, out)
+            result["eval"] = heldout_eval(cfg, trainer.rollout_model, tokenizer, heldout, out)
         if policy_of(model) is not None:
             world.barrier()
     if not world.is_main:  # rank 0 evaluates and writes the results

@@ -80,12 +80,12 @@ class MismatchProbe:
 class ReplicaEngine:
     """Rollout engine `make(replica, tokenizer)` over its own copy of `policy`'s weights,
     loaded from `state_fn()` (default: the policy's state dict) before the next `generate`
-    after `policy_updated()`. `sync_weights=False` leaves the copy stale: a broken sync, for
-    the probe's tests."""
+    after `policy_updated()` (`eager`: in `policy_updated` itself). `sync_weights=False`
+    leaves the copy stale: a broken sync, for the probe's tests."""
 
     def __init__(self, policy, tokenizer, make: Callable[[Any, Any], Any] | None = None,
                  state_fn: Callable[[], dict[str, torch.Tensor]] | None = None,
-                 replica=None, sync_weights: bool = True) -> None:
+                 replica=None, sync_weights: bool = True, eager: bool = False) -> None:
         from r1lab.rollout.hf import HFSampler
 
         self.policy = policy
@@ -95,11 +95,14 @@ class ReplicaEngine:
         self.pad_id = self.engine.pad_id
         self.state_fn = state_fn or policy.state_dict
         self.sync_weights = sync_weights
+        self.eager = eager  # sync in `policy_updated` (every rank at the same point: fsdp2)
         self.syncs = 0
         self._stale = False
 
     def policy_updated(self) -> None:
         self._stale = True
+        if self.eager:
+            self.sync()
 
     def sync(self) -> None:
         """Load the trainer's current weights into the replica (every rank calls `state_fn`:
@@ -108,6 +111,7 @@ class ReplicaEngine:
         if self.sync_weights:
             with torch.no_grad():
                 self.replica.load_state_dict(state)
+            getattr(self.engine, "policy_updated", lambda: None)()  # e.g. vLLM reloads
         self.syncs += 1
         self._stale = False
 

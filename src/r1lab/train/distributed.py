@@ -277,13 +277,14 @@ class ParallelPolicy:
 def prepare_policy(model: torch.nn.Module, strategy: str, world: World | None = None, *,
                    compute_dtype: torch.dtype | None = None,
                    offload: bool = False, zero_stage: int | None = None,
-                   deepspeed_config: str | None = None) -> ParallelPolicy:
+                   deepspeed_config: str | None = None, replica: bool = False) -> ParallelPolicy:
     """Put `model` under `strategy` (see the module docstring). `compute_dtype` (fsdp2 only):
     forward/backward in that dtype over fp32 shards, gradients reduced in fp32. `offload`
     (fsdp2 only): parameters, gradients and optimiser state live on CPU between uses.
     `zero_stage`, `deepspeed_config` (deepspeed only): the ZeRO stage and a DeepSpeed JSON whose
     `zero_optimization` options are used; the engine is made when `PolicyUpdate` builds the
-    optimiser (`r1lab.train.deepspeed_engine`)."""
+    optimiser (`r1lab.train.deepspeed_engine`). `replica` (fsdp2 only): keep an unsharded
+    frozen copy for sampling and evaluation (`r1lab.train.fsdp_engine`, what `train grpo` runs)."""
     world = world or World.current()
     strategy = resolve_strategy(strategy, world)
     if (compute_dtype is not None or offload) and strategy != "fsdp2":
@@ -300,6 +301,11 @@ def prepare_policy(model: torch.nn.Module, strategy: str, world: World | None = 
     elif strategy == "fsdp2":
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+        from r1lab.train import fsdp_engine
+
+        if world.size > 1:
+            _broadcast(model)  # every rank shards rank 0's weights
+        copy = fsdp_engine.make_replica(model) if replica else None
         kw: dict[str, Any] = {}
         if compute_dtype is not None:
             kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype,
@@ -312,6 +318,8 @@ def prepare_policy(model: torch.nn.Module, strategy: str, world: World | None = 
         for unit in units:  # sums (the loss carries the global normaliser), as plain SUM
             unit.set_gradient_divide_factor(1.0)  # collectives (gloo has no PREMUL_SUM)
             unit.set_force_sum_reduction_for_comms(True)
+        if copy is not None:
+            fsdp_engine.attach(model, copy, world)
     return ParallelPolicy(model, strategy, world)
 
 

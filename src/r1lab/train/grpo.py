@@ -36,6 +36,7 @@ from r1lab.rewards import RewardComposer
 from r1lab.rollout import SamplingParams, build_engine
 from r1lab.tracking import RunLogger
 from r1lab.train import checkpoint as ckpt
+from r1lab.train import fsdp_engine
 from r1lab.train.advantages import compute_advantages
 from r1lab.train.batch import TokenBatch
 from r1lab.train.critic import Critic
@@ -68,11 +69,23 @@ class GRPOTrainer:
         self.template = TEMPLATES.get(cfg.data.template)
         rewards = RewardComposer(components=cfg.rewards.components, workers=cfg.rewards.workers,
                                  timeout_s=cfg.rewards.timeout_s)
-        self.engine = build_engine(r.engine, model, tokenizer, rollout_dtype(cfg))
+        self.fsdp = fsdp_engine.policy_of(model)  # train.strategy fsdp2: sharded + a replica
+        # what samples, evaluates and is copied as the reference: the policy, or its replica
+        self.rollout_model = model if self.fsdp is None else self.fsdp.replica
+        if self.fsdp is not None:
+            _check_fsdp(cfg, model, self.world)
+            from r1lab.rollout.sync import ReplicaEngine
+
+            self.engine = ReplicaEngine(  # refreshed from the shards after every update
+                model, tokenizer, replica=self.fsdp.replica, state_fn=self.fsdp.full_state,
+                make=lambda rep, tok: build_engine(r.engine, rep, tok, rollout_dtype(cfg)),
+                eager=True)
+        else:
+            self.engine = build_engine(r.engine, model, tokenizer, rollout_dtype(cfg))
         if self.algorithm.kl is not None and ref_model is None:
             from r1lab.models import load_reference
 
-            ref_model = load_reference(model)
+            ref_model = load_reference(self.rollout_model)
         self.ref_model = ref_model if self.algorithm.kl is not None else None
         self.forward = Forward(cfg.train.micro_batch_size, r.temperature, cfg.train.packed,
                                lean=cfg.train.gradient_checkpointing,
@@ -162,7 +175,8 @@ class GRPOTrainer:
                                          values=values, beta=alg.beta, kl_in_reward=alg.kl_in_reward,
                                          component_weights=self.component_weights())
             # the entropy of the policy that sampled, before it moves
-            entropy = policy_entropy(drawn.batch, tokens, self.model, cfg.rollout.temperature, self.world)
+            entropy = policy_entropy(drawn.batch, tokens, self.rollout_model,
+                                     cfg.rollout.temperature, self.world)
         with _timed(seconds, "update"):  # 4. clipped policy loss, optimiser step(s)
             update = self.update(tokens, adv, drawn.batch.rollout.logprobs)
             critic = self.critic.update(tokens, adv.rewards, values) if self.critic else {}
@@ -188,7 +202,7 @@ class GRPOTrainer:
         if proto is None or not self.eval_rows:
             return {}
         field = self.cfg.data.prompt_field
-        res = evaluate(self.model, self.tokenizer, self.eval_rows[: self.cfg.eval.num_problems],
+        res = evaluate(self.rollout_model, self.tokenizer, self.eval_rows[: self.cfg.eval.num_problems],
                        lambda row: self.template(prompt_of(row, field), self.tokenizer),
                        [proto], max_new_tokens=self.cfg.eval.max_new_tokens or self.cfg.rollout.max_new_tokens,
                        seed=self.cfg.train.seed, engine=self.cfg.rollout.engine)[proto.name]
@@ -255,20 +269,26 @@ class GRPOTrainer:
     def save(self, path: str | Path) -> Path:
         """The policy and tokenizer in Hugging Face format (safetensors); PPO's critic beside."""
         path = Path(path)
+        state = self._gathered_weights()
         with full_weights(self.model):  # ZeRO-3: gathered on every rank, written by rank 0
             if self.world.is_main:
-                self._write_weights(path)
+                self._write_weights(path, state)
             self._deepspeed_barrier()
+        self.world.barrier()
         return path
 
-    def _write_weights(self, path: Path) -> None:
+    def _gathered_weights(self) -> dict[str, torch.Tensor] | None:
+        """fsdp2: the shards gathered whole on rank 0 (a collective); else None (the module's)."""
+        return self.fsdp.rank0_state() if self.fsdp is not None else None
+
+    def _write_weights(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> None:
         from r1lab.models.lora import is_lora, save_merged
 
         path.mkdir(parents=True, exist_ok=True)
         if is_lora(self.model):  # merged weights (plain transformers) + the adapter in adapter/
             save_merged(self.model, self.tokenizer, path)
-        else:
-            self.model.save_pretrained(path)
+        else:  # fsdp2: the gathered `state` through the replica's plain module
+            self.rollout_model.save_pretrained(path, state_dict=state)
             self.tokenizer.save_pretrained(path)
         save_template(path, self.cfg, self.tokenizer)  # the prompts serve must build
         if self.critic is not None:
@@ -300,12 +320,13 @@ class GRPOTrainer:
     def checkpoint(self) -> Path:
         """Write `checkpoints/step-N` atomically (weights, tokenizer, trainer state, config,
         manifest) and keep the newest `train.keep_last`. See `r1lab.train.checkpoint`."""
-        ds = policy_of(self.model) is not None
-        state = self.state_dict() if ds else None  # deepspeed: a collective (ZeRO partitions)
+        collective = policy_of(self.model) is not None or self.fsdp is not None
+        state = self.state_dict() if collective else None  # ZeRO partitions, FSDP2 state
+        weights = self._gathered_weights()
 
         def write(tmp: Path) -> None:
-            self._write_weights(tmp)
-            torch.save(state if ds else self.state_dict(), tmp / ckpt.STATE)
+            self._write_weights(tmp, weights)
+            torch.save(state if collective else self.state_dict(), tmp / ckpt.STATE)
             (tmp / ckpt.CONFIG).write_text(self.cfg.to_yaml())
 
         path = self.run_dir / "checkpoints" / f"step-{self.step_count}"
@@ -314,6 +335,7 @@ class GRPOTrainer:
                 path = ckpt.write_checkpoint(self.run_dir / "checkpoints", self.step_count, write,
                                              self.cfg.train.keep_last)
             self._deepspeed_barrier()
+        self.world.barrier()  # no rank runs ahead of a checkpoint rank 0 is still writing
         self.last_checkpoint, self._saved_step = path, self.step_count
         return path
 
@@ -329,6 +351,8 @@ class GRPOTrainer:
         with full_weights(self.model, modify=True):  # ZeRO-3: into the gathered weights
             if is_lora(self.model):  # the checkpoint's adapter/; its merged weights are for users
                 load_adapter(self.model, path)
+            elif self.fsdp is not None:  # into the replica, and from it into the shards
+                self.fsdp.load_checkpoint(path)
             else:
                 ckpt.load_weights(self.model, path)
         self.load_state_dict(ckpt.load_state(path))
@@ -372,6 +396,21 @@ def _check_world(alg, world: World) -> None:
     if opts.get("whiten"):
         raise ConfigError("critic.whiten: batch whitening of GAE advantages is not supported "
                           f"across processes yet ({world.size} here); set critic.whiten: false")
+
+
+def _check_fsdp(cfg: RunConfig, model, world: World) -> None:
+    """What `train grpo` does not run under fsdp2, refused before the first step."""
+    from r1lab.config import ConfigError
+    from r1lab.models.lora import is_lora
+
+    if cfg.critic:
+        raise ConfigError("train.strategy: fsdp2 does not run PPO's critic yet; use ddp")
+    if is_lora(model):
+        raise ConfigError("train.strategy: fsdp2 with LoRA (model.lora) is not supported yet: "
+                          "an adapter is small, use ddp")
+    if cfg.train.batch_size < world.size:
+        raise ConfigError(f"train.strategy: fsdp2 needs a group on every rank: train.batch_size="
+                          f"{cfg.train.batch_size} prompts over {world.size} processes")
 
 
 def _backend(cfg: RunConfig) -> dict[str, Any]:

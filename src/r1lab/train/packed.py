@@ -52,9 +52,13 @@ def packed_support(model, max_len: int) -> str | None:
     if why is not None:
         return why
     from r1lab.train.deepspeed_engine import partitioned
+    from r1lab.train.fsdp_engine import sharded
 
-    if any(partitioned(p) for p in model.parameters()):
-        return "ZeRO-3 holds the weights partitioned (the packed forward reads them whole)"
+    for p in model.parameters():
+        if partitioned(p):
+            return "ZeRO-3 holds the weights partitioned (the packed forward reads them whole)"
+        if sharded(p):
+            return "FSDP2 holds the weights sharded (the packed forward reads them whole)"
     checkpointing = getattr(type(model), "is_activation_checkpointing", None)  # transformers >= 5
     if (getattr(model, "is_activation_checkpointing", False) if checkpointing is not None
             else getattr(model, "is_gradient_checkpointing", False)):

@@ -71,9 +71,14 @@ class PolicyUpdate:
         self.skip_inert = not self.kl_in_loss and zero_advantage_is_inert(alg)
         from r1lab.train.deepspeed_engine import policy_of
 
+        from r1lab.train import fsdp_engine
+
         self.ds = policy_of(model)  # train.strategy deepspeed: ZeRO steps r1lab's AdamW
         if self.ds is not None:
             self.ds.wrap(self.optimizer, o.grad_clip)
+        self.fsdp = fsdp_engine.policy_of(model)  # train.strategy fsdp2 (in train grpo)
+        # ZeRO and FSDP2 run collectives inside every forward/backward: as many on every rank
+        self.lockstep = self.ds is not None or self.fsdp is not None
 
     def __call__(self, tokens: TokenBatch, adv: Advantages, sampler_logp: torch.Tensor) -> dict[str, float]:
         cfg, alg = self.cfg.algorithm, self.alg
@@ -97,11 +102,12 @@ class PolicyUpdate:
                 self.optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             batches = self.forward.micro_batches(self.model, tokens, rows)
-            if self.ds is not None:  # ZeRO reduces/gathers in every pass: as many on every rank
+            if self.lockstep:  # collectives in every pass: as many passes on every rank
                 batches += [None] * (int(self.world.max(max(1, len(batches)))) - len(batches))
             for idx in batches:
                 if idx is None:  # an idle pass: a real forward, zero loss
-                    self.ds.backward(self._idle_loss(tokens))
+                    idle = self._idle_loss(tokens)
+                    idle.backward() if self.ds is None else self.ds.backward(idle)
                     continue
                 m = mask[idx]  # [n, T]
                 logp = self.forward.logprobs(self.model, tokens, idx)  # [n, T]
@@ -132,6 +138,8 @@ class PolicyUpdate:
                 skipped += not math.isfinite(grad_norms[-1])
                 continue
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # fsdp2: the global norm, as a DTensor
+                grad_norm = grad_norm.full_tensor()
             grad_norms.append(grad_norm.item())
             if not (math.isfinite(step_loss) and bool(torch.isfinite(grad_norm))):
                 self.optimizer.zero_grad(set_to_none=True)  # numerics guard: no step, counted
@@ -155,7 +163,8 @@ class PolicyUpdate:
         """Zero, through a real forward of this rank's first completion (the same modules, in
         the same order, as a real micro-batch: ZeRO's per-pass collectives line up)."""
         if len(tokens) == 0:
-            raise ValueError("train.strategy: deepspeed needs completions on every rank: this "
+            raise ValueError(f"train.strategy: {self.cfg.train.strategy} needs completions on "
+                             "every rank: this "
                              f"rank owns no group of the batch (train.batch_size="
                              f"{self.cfg.train.batch_size} over {self.world.size} processes); "
                              "use a batch_size that is a multiple of the number of processes")
@@ -179,21 +188,31 @@ class PolicyUpdate:
             for p in params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-        if self.world.size > 1 and not getattr(self.model, "r1lab_reduces_gradients", False):
+        if self.world.size > 1 and self.fsdp is None:  # fsdp2 reduce-scattered them already
             for p in params:
                 torch.distributed.all_reduce(p.grad)
 
     def state_dict(self) -> dict[str, Any]:
-        """Under deepspeed a collective: every rank's ZeRO partitions, gathered on rank 0."""
-        opt = self.optimizer.state_dict() if self.ds is None else self.ds.optimizer_state()
+        """Under deepspeed / fsdp2 a collective, whose result rank 0 holds (ZeRO's partitions;
+        fsdp2's whole state by parameter name)."""
+        if self.ds is not None:
+            opt = self.ds.optimizer_state()
+        elif self.fsdp is not None:
+            opt = self.fsdp.optimizer_state(self.optimizer)
+        else:
+            opt = self.optimizer.state_dict()
         return {"optimizer": opt, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from r1lab.train.deepspeed_engine import check_resumable
+        from r1lab.train.fsdp_engine import is_named_state, load_named_optimizer_state
 
-        if self.ds is None:
-            check_resumable(state["optimizer"], self.world, None, "the checkpoint")
-            self.optimizer.load_state_dict(state["optimizer"])
+        saved = state["optimizer"]
+        if self.ds is not None:
+            self.ds.load_optimizer_state(saved)
+        elif self.fsdp is not None or is_named_state(saved):  # fsdp2's: any number of processes
+            load_named_optimizer_state(self.model, self.optimizer, saved)
         else:
-            self.ds.load_optimizer_state(state["optimizer"])
+            check_resumable(saved, self.world, None, "the checkpoint")
+            self.optimizer.load_state_dict(saved)
         self.scheduler.load_state_dict(state["scheduler"])
