@@ -1,6 +1,8 @@
 """Peak memory of one training forward+backward at R1 lengths, with and without the memory
 tools: gradient checkpointing (`train.gradient_checkpointing`) and log-probs without full
-logits (`r1lab.train.memory.lean_logprobs`).
+logits (`r1lab.train.memory.lean_logprobs`), on the padded Hugging Face forward and on the
+packed forward (the default training path; with checkpointing on it recomputes each layer and
+the LM head per chunk in the backward).
 
 A ~50M-parameter Llama (hidden 512, 10 layers, vocabulary 32,000, so the logits matter),
 4 completions x 1,024 tokens after a 16-token prompt, fp32 on CPU. Each mode runs in a fresh
@@ -23,7 +25,8 @@ import time
 
 import torch
 
-MODES = ("full_logits", "lean_logprobs", "checkpointing", "checkpointing+lean", "packed")
+MODES = ("full_logits", "lean_logprobs", "checkpointing", "checkpointing+lean", "packed",
+         "packed+checkpointing")
 SHAPE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=10, num_attention_heads=8,
              num_key_value_heads=8, vocab_size=32000)
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -57,7 +60,7 @@ def one(mode: str, shape: dict, tokens: int, rows: int) -> dict:
     ids, attn, pos, L = join_prompt_completion(prompts, comp, mask, 0)  # [R, 16+T]
     base = rss_mb()
     t0 = time.perf_counter()
-    if mode == "packed":
+    if mode.startswith("packed"):  # +checkpointing: layers and LM-head chunks recomputed
         logp = packed_logprobs(model, PackedBatch.from_padded(ids, attn, L, torch.arange(rows)))[0]
     elif "lean" in mode:
         logp = lean_logprobs(model, ids, attn, pos, L, chunk_tokens=1024)

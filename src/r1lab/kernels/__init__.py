@@ -151,8 +151,10 @@ def _load() -> None:
         f = getattr(lib, name)
         f.argtypes, f.restype = args, None
     _lib = lib
-    # callers may be in no-grad decoding, or in a mixed-precision forward (autocast)
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+    # callers may be in no-grad decoding, in a mixed-precision forward (autocast), or inside a
+    # gradient checkpoint (whose saved-tensor hooks must not see the probe's own autograd)
+    with (torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False),
+          torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)):
         why = _probe()
     if why is not None:
         _lib, _why = None, why

@@ -26,8 +26,9 @@ The arithmetic is the model's own (RMSNorm, RoPE from the model's rotary module,
 attention, SwiGLU) over the model's parameters, in `r1lab.models.ops` (shared with the sampler's
 decoder), so autograd gives the same gradients as the Hugging Face forward; the tests check
 logprobs and gradients against it. Anything that arithmetic does not reproduce (see
-`r1lab.models.ops.llama_support`), dropout in training, or
-gradient checkpointing falls back to the Hugging Face forward (`packed_support` says why).
+`r1lab.models.ops.llama_support`), dropout in training, or weights held sharded (ZeRO-3,
+FSDP2) falls back to the Hugging Face forward (`packed_support` says why). Gradient
+checkpointing runs packed: each layer recomputed in the backward, the LM head per chunk.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from r1lab.models import ops
 from r1lab.onednn import linear, swiglu
@@ -59,10 +61,6 @@ def packed_support(model, max_len: int) -> str | None:
             return "ZeRO-3 holds the weights partitioned (the packed forward reads them whole)"
         if sharded(p):
             return "FSDP2 holds the weights sharded (the packed forward reads them whole)"
-    checkpointing = getattr(type(model), "is_activation_checkpointing", None)  # transformers >= 5
-    if (getattr(model, "is_activation_checkpointing", False) if checkpointing is not None
-            else getattr(model, "is_gradient_checkpointing", False)):
-        return "gradient checkpointing is on (the packed forward keeps all activations)"
     if model.training and float(getattr(model.config, "attention_dropout", 0.0) or 0.0) > 0:
         return "attention dropout is active"
     return None
@@ -177,19 +175,36 @@ class PackedBatch:
         return self.gather.shape[1] + 1
 
 
+def checkpointing(model) -> bool:
+    """Whether gradient checkpointing is on for `model` (`enable_gradient_checkpointing`)."""
+    if getattr(type(model), "is_activation_checkpointing", None) is not None:  # transformers >= 5
+        return bool(getattr(model, "is_activation_checkpointing", False))
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
 def packed_logprobs(model, pb: PackedBatch, temperature: float = 1.0,
                     entropy: bool = False) -> tuple[Tensor, Tensor | None]:
     """Log-probabilities of the packed completions' tokens under `model` -> ([R, width], entropy).
 
     Padding positions get logprob 0. With `entropy=True` the second value is the (detached)
     entropy of the next-token distribution at each completion token, [R, width], else None.
+
+    Under gradient checkpointing (`checkpointing(model)`, with autograd on) each decoder layer
+    keeps only its input for the backward and recomputes the rest there, and the LM head's
+    logits are recomputed per chunk in the backward too (as `lean_logprobs`): activation
+    memory is the layer inputs [n, d] plus one layer's and one chunk's working set.
     """
-    hp = packed_hidden(model.model, pb)
+    lean = checkpointing(model) and torch.is_grad_enabled()
+    hp = packed_hidden(model.model, pb, recompute=lean)
     head = model.lm_head.weight
     m = len(pb.pred)
     chunk = max(1, LOGPROB_CHUNK_ELEMENTS // head.shape[0])
     logps, ents = [], []
     for i in range(0, m, chunk):
+        if lean and not entropy and hp.requires_grad:  # logits only inside the chunk
+            logps.append(checkpoint(_head_logp, hp[i:i + chunk], head, pb.targets[i:i + chunk],
+                                    temperature, use_reentrant=False))
+            continue
         lg = linear(hp[i:i + chunk], head).float()  # [c, V]
         if temperature not in (0, 1):
             lg = lg / temperature
@@ -205,35 +220,48 @@ def packed_logprobs(model, pb: PackedBatch, temperature: float = 1.0,
     return out, ent
 
 
-def packed_hidden(base, pb: PackedBatch) -> Tensor:
+def _head_logp(h: Tensor, head: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    """log p(target) [c] of one chunk of final hidden states h [c, d] under the LM head."""
+    lg = linear(h, head).float()  # [c, V]
+    if temperature not in (0, 1):
+        lg = lg / temperature
+    return lg.gather(-1, targets[:, None])[:, 0] - lg.logsumexp(-1)
+
+
+def packed_hidden(base, pb: PackedBatch, recompute: bool = False) -> Tensor:
     """The decoder's final (normed) hidden state [m, d] at each position that predicts a
     completion token, in `pb.pred` order: what the LM head reads, and what a value head reads
     (`unflatten` turns per-position values into [R, width]). `base` is the decoder stack
-    (`model.model` of a causal LM, or a critic's copy of it)."""
-    cfg = base.config
-    layers = base.layers
-    H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, layers[0].self_attn.head_dim
-    n = len(pb.ids)
-    R, S = pb.gather.shape
+    (`model.model` of a causal LM, or a critic's copy of it). `recompute`: each layer inside
+    `torch.utils.checkpoint` (non-reentrant), its activations recomputed in the backward."""
     h = F.embedding(pb.ids, base.embed_tokens.weight)  # [n, d]
     cos_t, ssin_t = ops.rope_table(base, pb.max_len, h.dtype)  # [max_len, D]
-    norm = ops.rms_norm_any  # the C kernel on CPU float32 (one pass each way), else torch
-    for layer in layers:
-        att = layer.self_attn
-        # one matmul for q/k/v, made from the parameters here so gradients reach each of them
-        w_qkv, b_qkv = ops.fused_weights([att.q_proj, att.k_proj, att.v_proj])
-        qkv = linear(norm(h, layer.input_layernorm), w_qkv, b_qkv).view(n, H + 2 * Hkv, D)
-        if getattr(att, "q_norm", None) is not None:  # Qwen3: per-head RMSNorm before RoPE
-            q, k, v = qkv.split([H, Hkv, Hkv], 1)
-            qkv = torch.cat([norm(q, att.q_norm), norm(k, att.k_norm), v], 1)
-        # block position t is position id t: a block is its prompt from position 0, then its
-        # completion; pb.pos holds the same ids for the flat tokens
-        o = ops.block_causal_attention(qkv, pb.gather, pb.block_len, H, Hkv, att.scaling,
-                                       cos_t, ssin_t, pb.pos)  # [R, S, H*D]
-        o = o.reshape(R * S, H * D).index_select(0, pb.scatter)  # [n, H*D]
-        h = linear(o, att.o_proj.weight, att.o_proj.bias, add=h)
-        h = _mlp(layer, h, norm)
-    return norm(h.index_select(0, pb.pred), base.norm)  # only the positions that predict
+    for layer in base.layers:
+        if recompute and h.requires_grad:
+            h = checkpoint(_layer, layer, h, pb, cos_t, ssin_t, use_reentrant=False)
+        else:
+            h = _layer(layer, h, pb, cos_t, ssin_t)
+    return ops.rms_norm_any(h.index_select(0, pb.pred), base.norm)  # only positions that predict
+
+
+def _layer(layer, h: Tensor, pb: PackedBatch, cos_t: Tensor, ssin_t: Tensor) -> Tensor:
+    """One decoder layer over the flat tokens h [n, d] -> [n, d]."""
+    att, norm = layer.self_attn, ops.rms_norm_any  # the C kernel on CPU float32, else torch
+    H, Hkv, D = att.config.num_attention_heads, att.config.num_key_value_heads, att.head_dim
+    n, (R, S) = len(h), pb.gather.shape
+    # one matmul for q/k/v, made from the parameters here so gradients reach each of them
+    w_qkv, b_qkv = ops.fused_weights([att.q_proj, att.k_proj, att.v_proj])
+    qkv = linear(norm(h, layer.input_layernorm), w_qkv, b_qkv).view(n, H + 2 * Hkv, D)
+    if getattr(att, "q_norm", None) is not None:  # Qwen3: per-head RMSNorm before RoPE
+        q, k, v = qkv.split([H, Hkv, Hkv], 1)
+        qkv = torch.cat([norm(q, att.q_norm), norm(k, att.k_norm), v], 1)
+    # block position t is position id t: a block is its prompt from position 0, then its
+    # completion; pb.pos holds the same ids for the flat tokens
+    o = ops.block_causal_attention(qkv, pb.gather, pb.block_len, H, Hkv, att.scaling,
+                                   cos_t, ssin_t, pb.pos)  # [R, S, H*D]
+    o = o.reshape(R * S, H * D).index_select(0, pb.scatter)  # [n, H*D]
+    h = linear(o, att.o_proj.weight, att.o_proj.bias, add=h)
+    return _mlp(layer, h, norm)
 
 
 def _mlp(layer, h: Tensor, norm) -> Tensor:
