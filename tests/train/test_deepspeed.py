@@ -24,7 +24,7 @@ from tests.conftest import MICRO
 from tests.train.dist_helpers import run_ranks
 from tests.train.survival import raw_config, weights
 from tests.train.test_distributed import STEPS, rank_rows, train
-from tests.train.test_distributed_cli import max_diff, run, steps_logged
+from tests.train.test_distributed_cli import far_fraction, max_diff, run, steps_logged
 
 from r1lab.algorithms import AGGREGATIONS, POLICY_LOSSES
 from r1lab.models.tiny import build_char_tokenizer, build_tiny_model
@@ -120,7 +120,10 @@ def test_zero_train_grpo_matches_one_process(runs, name):
     assert [m["reward"] for m in zero] == [m["reward"] for m in one]  # the same completions
     assert [m["loss"] for m in zero] == pytest.approx([m["loss"] for m in one], abs=1e-5)
     assert [m["grad_norm"] for m in zero] == pytest.approx([m["grad_norm"] for m in one], abs=1e-5)
-    assert max_diff(tmp / "one" / "final", tmp / name / "final") < 1e-5
+    # the CLI bound, as for DDP and FSDP2: measured 7e-6 on Zen 4 and 1.3e-5 on Zen 5
+    # (7 elements of one matrix; see far_fraction); the step-level test above holds 1e-5
+    assert max_diff(tmp / "one" / "final", tmp / name / "final") < 1e-4
+    assert far_fraction(tmp / "one" / "final", tmp / name / "final") < 0.01
     start = weights(tmp / name / "checkpoints" / "step-2")
     assert max((start[k] - weights(tmp / name / "final")[k]).abs().max() for k in start) > 1e-3
 
@@ -137,7 +140,7 @@ def test_zero3_checkpoint_is_a_plain_transformers_model(runs):
         assert all(v.numel() > 1 for v in saved.values())  # whole tensors, not partitions
     ref = weights(tmp / "one" / "final")
     own = AutoModelForCausalLM.from_pretrained(tmp / "zero3" / "final").state_dict()
-    assert max((own[k] - ref[k]).abs().max().item() for k in ref) < 1e-5
+    assert max((own[k] - ref[k]).abs().max().item() for k in ref) < 1e-4  # the CLI bound
 
 
 def test_zero3_resume_same_world_size_and_refuse_another(runs):
