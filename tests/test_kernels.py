@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,8 +197,19 @@ def test_causal_without_grad_and_second_order():
 def test_causal_head_dim_rule():
     x = torch.zeros(1)
     assert not kernels.causal_supports(x, 12) and not kernels.causal_supports(x, 272)
-    assert kernels.causal_supports(x, 64) == kernels.available()
+    assert kernels.causal_supports(x, 64) == (kernels.available() and kernels.causal_rule()[0])
     assert not kernels.causal_supports(x.double(), 64)
+
+
+def test_causal_kernel_only_with_avx512():
+    """The training attention kernel is register-blocked for AVX-512: other CPUs take torch."""
+    zen3 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
+    zen5 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16\n"
+    assert kernels.causal_rule(zen3)[0] is False and "torch" in kernels.causal_rule(zen3)[1]
+    assert kernels.causal_rule(zen5) == (True, "AVX-512F: causal attention on the C kernel")
+    assert kernels.causal_rule("")[0] is False  # no flags line: the torch path
+    here = "avx512f" in Path("/proc/cpuinfo").read_text().split()
+    assert kernels.causal_rule()[0] is here
 
 
 # ----------------------------------------------------------------------- RMSNorm, SwiGLU

@@ -80,7 +80,9 @@ def test_logprobs_entropy_and_gradients_equal_the_hf_forward(tokenizer, kind, at
     used = []
     real = kernels.causal_attention
     monkeypatch.setattr(kernels, "causal_attention", lambda *a: used.append(1) or real(*a))
-    if attention != "kernel":
+    if attention == "kernel":  # also where the CPU rule would pick torch (no AVX-512)
+        monkeypatch.setattr(kernels, "_causal", (True, "forced by the test"))
+    else:
         monkeypatch.setattr(kernels, "causal_supports", lambda x, head_dim: False)
     if attention == "sdpa":  # and no C kernel at all (RMSNorm, SwiGLU): the GPU's path
         monkeypatch.setattr(ops, "MATMUL_ATTENTION_MAX", 0)

@@ -73,6 +73,8 @@ def resolve(cfg: RunConfig) -> dict[str, Any]:
                           f"{kernels.why_unavailable()}")
     by["kernels"] = f"{src}: {want}" + ("" if want != "auto" else
                                         " -> built and probed" if ok else f" -> {kernels.why_unavailable()}")
+    if ok:  # which of them: the packed training attention by the CPU's flags
+        by["kernels"] += f"; {kernels.causal_rule()[1]}"
     kernels.set_deterministic(deterministic)
 
     want, src = requested("onednn", b.onednn)

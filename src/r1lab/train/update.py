@@ -69,9 +69,8 @@ class PolicyUpdate:
         self.correction = (None if r.correction == "none" else
                            partial(ROLLOUT_CORRECTIONS.get(r.correction), cap=r.correction_cap))
         self.skip_inert = not self.kl_in_loss and zero_advantage_is_inert(alg)
-        from r1lab.train.deepspeed_engine import policy_of
-
         from r1lab.train import fsdp_engine
+        from r1lab.train.deepspeed_engine import policy_of
 
         self.ds = policy_of(model)  # train.strategy deepspeed: ZeRO steps r1lab's AdamW
         if self.ds is not None:
