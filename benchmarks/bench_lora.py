@@ -10,7 +10,7 @@ Everything else is the demo's (60 steps, 16 prompts x 8 completions, 96 new toke
 accuracy + 0.5 format), and each side is evaluated on the demo's 200 held-out problems
 (pass@1 over k=4 samples at T=1). The base is evaluated the same way.
 
-    .venv/bin/python benchmarks/bench_lora.py                 # ~3-5 minutes on 2 idle cores
+    .venv/bin/python benchmarks/bench_lora.py                 # ~6 minutes on 2 idle cores
     .venv/bin/python benchmarks/bench_lora.py --dry-run       # tiny settings: seconds
 """
 
