@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from tests.conftest import MICRO
 from tests.train.dist_helpers import run_ranks
-from tests.train.survival import raw_config, weights
+from tests.train.survival import weights
 from tests.train.test_distributed import STEPS, rank_rows, train
-from tests.train.test_distributed_cli import far_fraction, max_diff, run, steps_logged
+from tests.train.test_distributed_cli import cli_config as config
+from tests.train.test_distributed_cli import (
+    far_fraction,
+    max_diff,
+    metrics,
+    run,
+    steps_logged,
+)
 
 from r1lab.algorithms import AGGREGATIONS, POLICY_LOSSES
 from r1lab.models.tiny import build_char_tokenizer, build_tiny_model
@@ -81,21 +86,6 @@ def test_zero_step_equals_one_process(stage, tmp_path):
 
 
 # ---------------------------------------------------------------- the CLI under torchrun
-def config(tmp: Path, name: str, **train_opts) -> Path:
-    # packed: false everywhere: ZeRO-3's update takes the padded forward (the packed one reads
-    # whole weights), so the 1-process run takes it too and the paths compare like for like
-    raw = raw_config(data={"train_size": 8, "heldout_size": 2},
-                     train={"steps": 4, "batch_size": 4, "save_every": 2, "packed": False,
-                            **train_opts})
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zero")

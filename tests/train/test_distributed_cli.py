@@ -50,6 +50,22 @@ def max_diff(a: Path, b: Path) -> float:
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
+def cli_config(tmp: Path, name: str, algorithm: dict | None = None, **train_opts) -> Path:
+    """The 4-step tiny `train grpo` config of the strategy tests (FSDP2, ZeRO), as a file.
+    packed: false on every side: sharded updates take the padded forward (the packed one reads
+    whole weights), so the 1-process run takes it too and the paths compare like for like."""
+    raw = raw_config(data={"train_size": 8, "heldout_size": 2},
+                     train={"steps": 4, "batch_size": 4, "save_every": 2, "packed": False,
+                            **train_opts}, **({"algorithm": algorithm} if algorithm else {}))
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def far_fraction(a: Path, b: Path, tol: float = 1e-6) -> float:
     """Share of weights more than `tol` apart. With Adam at lr 0.01 a near-zero gradient's
     summation-order noise moves a few elements by ~1e-5 (measured on Zen 5: 9 to 28 of 23,936,

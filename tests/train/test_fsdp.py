@@ -4,34 +4,27 @@ models, and it resumes with 2 ranks or with 1 (its optimiser state is keyed by n
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from tests.train.survival import raw_config, weights
-from tests.train.test_distributed_cli import far_fraction, max_diff, run, steps_logged
+from tests.train.survival import weights
+from tests.train.test_distributed_cli import (
+    cli_config,
+    far_fraction,
+    max_diff,
+    metrics,
+    run,
+    steps_logged,
+)
 
 pytestmark = pytest.mark.distributed
 
 
 def config(tmp: Path, name: str, **train_opts) -> Path:
-    # packed: false on both sides: fsdp2's update takes the padded forward (the packed one reads
-    # whole weights), so the 1-process run takes it too and the paths compare like for like.
     # beta > 0: the reference is made from the replica and forwarded on every rank
-    raw = raw_config(data={"train_size": 8, "heldout_size": 2},
-                     train={"steps": 4, "batch_size": 4, "save_every": 2, "packed": False,
-                            **train_opts},
-                     algorithm={"beta": 0.04})
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return cli_config(tmp, name, algorithm={"beta": 0.04}, **train_opts)
 
 
 @pytest.fixture(scope="module")
