@@ -10,8 +10,10 @@ interleaved so machine drift hits both sides:
 1. training forward+backward and reference forward: the padded Hugging Face forward
    (`completion_logprobs`, one call) vs the packed forward (`train/packed.py`);
 2. one 64 x 64 decode by r1lab's sampler, split into decoder steps / sampling / the rest;
-3. the decoder's matmul shapes at M = 8 / 40 / 64: MKL vs oneDNN with packed weights (what
-   the decoder uses), cycling through all the layers' weights as a decoding step does.
+3. the decoder's matmul shapes at M = 8 / 16 / 32 / 40 / 64: MKL vs oneDNN with packed weights
+   (what the decoder uses above 64 rows) vs the few-row C kernel (at <= 64 rows, AVX-512
+   CPUs: `r1lab.kernels.small_gemm`), cycling through all the layers' weights as a decoding
+   step does.
 """
 
 from __future__ import annotations
@@ -142,17 +144,22 @@ def decoding(base, tokenizer, reps: int, table: bool) -> None:
 
 
 def weight_streaming(reps: int) -> None:
-    """The decoder's five projections per layer at M = 8 / 40 / 64, cycling through the 4 layers'
-    distinct weights (17 MB) as a decoding step does: MKL (`F.linear`) vs oneDNN with the weight
-    packed once (`r1lab.onednn.Linear`, what the decoder uses), and MKL with one layer's weights
-    four times (hot in L2)."""
+    """The decoder's five projections per layer at M = 8 / 16 / 32 / 40 / 64, cycling through the
+    4 layers' distinct weights (17 MB) as a decoding step does: MKL (`F.linear`) vs oneDNN with
+    the weight packed once (`r1lab.onednn.Linear`, what the decoder uses above 64 rows) vs the
+    few-row C kernel (at <= 64 rows on AVX-512 CPUs), and MKL with one layer's weights four
+    times (hot in L2)."""
+    from r1lab import kernels
     from r1lab.onednn import Linear, onednn_usable
 
     d, inter = B.MODEL["hidden_size"], B.MODEL["intermediate_size"]
     shapes = [(3 * d, d), (d, d), (inter, d), (inter, d), (d, inter)]
     weights = [torch.randn(*s) for _ in range(B.MODEL["num_hidden_layers"]) for s in shapes]
-    packed = [Linear(w, rows=64) for w in weights] if onednn_usable() else []
-    for M in (8, 40, 64):
+    big = kernels.SMALL_GEMM_ROWS + 1  # a rows hint past the kernel's: oneDNN
+    packed = [Linear(w, rows=big) for w in weights] if onednn_usable() else []
+    # the few-row C kernel (what the decoder takes at <= 64 rows where `kernels.gemm_rule` says)
+    panels = [Linear(w, rows=16) for w in weights] if kernels.gemm_supports(weights[0]) else []
+    for M in (8, 16, 32, 40, 64):
         xs = {d: torch.randn(M, d), inter: torch.randn(M, inter)}
         flops = sum(2 * M * w.shape[0] * w.shape[1] for w in weights)
         hot = weights[:len(shapes)] * B.MODEL["num_hidden_layers"]  # one layer's, repeated
@@ -160,6 +167,8 @@ def weight_streaming(reps: int) -> None:
                "MKL, hot": lambda xs=xs, hot=hot: [F.linear(xs[w.shape[1]], w) for w in hot]}
         if packed:
             fns["oneDNN, cycling"] = lambda xs=xs: [lin(xs[lin.in_features]) for lin in packed]
+        if panels:
+            fns["C kernel, cycling"] = lambda xs=xs: [lin(xs[lin.in_features]) for lin in panels]
         m = medians(fns, reps * 10)
         print(f"decoder matmuls at M={M}, one step's worth ({flops / 1e9:.2f} GFLOP):")
         for k, v in m.items():

@@ -251,3 +251,86 @@ def test_swiglu_hand_computed_and_gradients():
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="differ in shape"):
         kernels.swiglu(torch.zeros(3), torch.zeros(4))
+
+
+# ----------------------------------------------------------------------- few-row GEMM
+@needs_kernels
+def test_small_gemm_hand_computed():
+    """x = [[1, 2], [3, 4]], W = [[1, 0], [1, 1], [0, -1]], b = (0, 1, 2): x W^T + b =
+    [[1, 4, 0], [3, 8, -2]]; then SiLU, + h and * h of those numbers."""
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    w = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -1.0]])
+    b = torch.tensor([0.0, 1.0, 2.0])
+    panels = kernels.pack_panels(w)
+    assert panels.shape == (1, 2, 32) and panels[0, :, 3:].abs().sum() == 0  # zero-padded panel
+    y = [[1.0, 4.0, 0.0], [3.0, 8.0, -2.0]]
+    assert kernels.small_gemm(x, panels, 3, b).tolist() == y
+    silu = [[v / (1 + math.exp(-v)) for v in row] for row in y]
+    got = kernels.small_gemm(x, panels, 3, b, "silu")
+    for g_row, s_row in zip(got.tolist(), silu):
+        assert g_row == pytest.approx(s_row, rel=1e-6, abs=1e-7)
+    h = torch.tensor([[10.0, 20.0, 30.0], [-1.0, 0.5, 2.0]])
+    assert kernels.small_gemm(x, panels, 3, b, "add", h).tolist() == [[11, 24, 30], [2, 8.5, 0]]
+    assert kernels.small_gemm(x, panels, 3, b, "mul", h).tolist() == [[10, 80, 0], [-3, 4, -4]]
+    assert kernels.small_gemm(x, panels, 3, None).tolist() == [[1, 3, -2], [3, 7, -4]]
+    assert kernels.small_gemm(x, panels, 3, None, "silu", None)[0, 0].item() == pytest.approx(
+        1 / (1 + math.exp(-1)), rel=1e-6)
+    # a very negative pre-activation: SiLU gives (almost) 0, not nan (exp clamped)
+    big = kernels.small_gemm(torch.tensor([[-1e4, 0.0]]), panels, 3, None, "silu")
+    assert torch.isfinite(big).all() and big[0, 0].abs().item() < 1e-20
+
+
+@needs_kernels
+@pytest.mark.parametrize("M", [1, 2, 3, 7, 8, 13, 16, 31, 32, 40, 64, 67])
+@pytest.mark.parametrize("K,N", [(64, 103), (256, 768), (96, 32), (40, 65)])
+def test_small_gemm_equals_float64(M, K, N):
+    """Every row-block size (8/4/2/1 and their sums) and column remainder, each mode, against
+    float64; rows strided (a view with a longer row) as the decoder's last-position slice is."""
+    g = torch.Generator().manual_seed(M * 1000 + N)
+    x = torch.randn((M, K + 5), generator=g)[:, :K]  # row stride K + 5, unit last stride
+    w, b = torch.randn((N, K), generator=g) / K ** 0.5, torch.randn(N, generator=g)
+    other = torch.randn((M, N), generator=g)
+    panels = kernels.pack_panels(w)
+    for mode in kernels.GEMM_MODES:
+        arg = other if mode in ("add", "mul") else None
+        for bias in (b, None):
+            got = kernels.small_gemm(x, panels, N, bias, mode, arg)
+            want = kernels.reference_small_gemm(x.double(), w.double(), None if bias is None else bias.double(),
+                                                mode, None if arg is None else arg.double())
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_small_gemm_rows_do_not_depend_on_the_batch():
+    """A row's result is the same bits whichever rows share the call (and in which block):
+    the sum over k runs in one fixed order per output."""
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn((13, 200), generator=g), torch.randn((300, 200), generator=g)
+    panels = kernels.pack_panels(w)
+    whole = kernels.small_gemm(x, panels, 300)
+    for rows in ([5], [0, 12], list(range(4, 13)), [12, 3, 7]):
+        assert torch.equal(kernels.small_gemm(x[rows], panels, 300), whole[rows])
+
+
+@needs_kernels
+def test_small_gemm_refuses_mismatched_shapes():
+    panels = kernels.pack_panels(torch.zeros(40, 16))
+    with pytest.raises(ValueError, match="against panels"):
+        kernels.small_gemm(torch.zeros(2, 17), panels, 40)
+    with pytest.raises(ValueError, match="against panels"):
+        kernels.small_gemm(torch.zeros(2, 16), panels, 65)  # 2 panels hold 64 columns
+    with pytest.raises(ValueError, match="needs `other`"):
+        kernels.small_gemm(torch.zeros(2, 16), panels, 40, None, "add")
+    with pytest.raises(ValueError, match="takes no `other`"):
+        kernels.small_gemm(torch.zeros(2, 16), panels, 40, None, "silu", torch.zeros(2, 40))
+
+
+def test_small_gemm_only_with_avx512():
+    zen3 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
+    zen4 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16\n"
+    assert kernels.gemm_rule(zen3)[0] is False and "oneDNN" in kernels.gemm_rule(zen3)[1]
+    assert kernels.gemm_rule(zen4) == (True, "AVX-512F: decoding linears of <= 64 rows on the C kernel")
+    here = "avx512f" in Path("/proc/cpuinfo").read_text().split()
+    assert kernels.gemm_rule()[0] is here
+    assert kernels.gemm_supports(torch.zeros(2, 2)) == (kernels.available() and here)
+    assert not kernels.gemm_supports(torch.zeros(2, 2, dtype=torch.float64))

@@ -11,16 +11,26 @@ import torch
 import torch.nn.functional as F
 
 import r1lab.onednn as onednn
+from r1lab import kernels
 from r1lab.onednn import Linear
 
 
-@pytest.fixture(params=["onednn", "torch"])
+@pytest.fixture(params=["onednn", "torch", "kernel"])
 def path(request, monkeypatch):
+    """onednn: packed for oneDNN; torch: F.linear; kernel: the few-row C kernel (a rows hint
+    of at most `kernels.SMALL_GEMM_ROWS` = 64, on CPUs where `kernels.gemm_rule` takes it)."""
     if request.param == "onednn" and not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN")
+    if request.param == "kernel" and not kernels.gemm_supports(torch.zeros(1)):
+        pytest.skip(f"no few-row C kernel here: {kernels.why_unavailable() or kernels.gemm_rule()[1]}")
     monkeypatch.setattr(onednn, "_usable", None if request.param == "onednn" else False)
     monkeypatch.setattr(onednn, "MIN_PACKED_WEIGHT", 1)  # the test weights are small
     return request.param
+
+
+def hint(path: str) -> int:
+    """The `rows` hint that selects `path` (the kernel takes hints of <= 64 rows)."""
+    return 16 if path == "kernel" else 128
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -30,9 +40,11 @@ def test_every_form_equals_the_plain_expression(path, bias, rows):
     w = torch.randn((48, 40), generator=g)
     b = torch.randn(48, generator=g) if bias else None
     x, h = torch.randn((rows, 40), generator=g), torch.randn((rows, 48), generator=g)
-    lin = Linear(w, b, rows=64)
+    lin = Linear(w, b, rows=hint(path))
     assert (lin.packed is not None) == (path == "onednn")
-    assert (lin.weight is None) == (path == "onednn")  # packed: one copy of the weight, not two
+    assert (lin.panels is not None) == (path == "kernel")
+    assert (lin.weight is None) == (path != "torch")  # packed: one copy of the weight, not two
+    assert lin.fused == (path != "torch")
     xw = x.double() @ w.double().t() + (b.double() if bias else 0)  # float64 reference
     tol = dict(rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(lin(x).double(), xw, **tol)
@@ -46,16 +58,21 @@ def test_only_large_float32_weights_are_packed(monkeypatch):
         pytest.skip("oneDNN not usable here")
     small, large = torch.randn(128, 512), torch.randn(256, 512)  # 64k and 128k elements
     assert onednn.MIN_PACKED_WEIGHT == 128 * 1024
-    assert Linear(small).packed is None and Linear(large).packed is not None
-    assert Linear(large.bfloat16()).packed is None
+    many = kernels.SMALL_GEMM_ROWS + 1  # a rows hint past the few-row C kernel's
+    assert Linear(small, rows=many).packed is None and Linear(large, rows=many).packed is not None
+    assert Linear(large.bfloat16(), rows=many).packed is None
 
 
 def test_strided_weights_work_and_half_precision_is_not_packed(path):
     big = torch.randn(8, 10)
     w = big[:, 2:6]  # a non-contiguous view, as a slice of a fused weight would be
     x = torch.randn(3, 4)
-    torch.testing.assert_close(Linear(w)(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
-    assert Linear(w.bfloat16()).packed is None  # only float32 is packed
+    torch.testing.assert_close(Linear(w, rows=hint(path))(x), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    assert Linear(w.bfloat16(), rows=hint(path)).packed is None  # only float32 is packed
+    assert Linear(w.bfloat16(), rows=hint(path)).panels is None
+    wide = torch.randn(40, 96)[:, 16:80]  # 64 columns of a wider weight: the kernel's panels too
+    torch.testing.assert_close(Linear(wide, rows=hint(path))(x.repeat(1, 16)), F.linear(x.repeat(1, 16), wide),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")

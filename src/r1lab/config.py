@@ -263,8 +263,8 @@ class BackendConfig(Section):
     in `chosen_by`."""
 
     kernels: Literal["auto", "on", "off"] = Field(
-        "auto", description="the C kernels (CPU float32 attention, RMSNorm, SwiGLU): auto = where "
-        "they build and pass their probe; on = required")
+        "auto", description="the C kernels (CPU float32 attention, RMSNorm, SwiGLU, few-row "
+        "decoding linears): auto = where they build and pass their probe; on = required")
     onednn: Literal["auto", "on", "off"] = Field(
         "auto", description="oneDNN linears on CPU float32: auto = where the probe passes; on = required")
     onednn_wgrad: Literal["auto", "mkl", "onednn", "tune"] = Field(

@@ -105,26 +105,48 @@ class Linear:
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, rows: int = 64) -> None:
         self.weight, self.bias = weight, bias
-        self.in_features = weight.shape[1]
-        self.packed = None
-        if (weight.device.type == "cpu" and weight.dtype == torch.float32
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.packed = self.panels = None
+        if rows <= kernels.SMALL_GEMM_ROWS and kernels.gemm_supports(weight):
+            # few rows (a decoding step of a group or two): the C kernel, any weight size
+            self.panels = kernels.pack_panels(weight)
+            self.weight = None
+        elif (weight.device.type == "cpu" and weight.dtype == torch.float32
                 and weight.numel() >= MIN_PACKED_WEIGHT and onednn_usable()):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, rows))
             self.weight = None  # the packed copy is all that is used: hold one copy, not two
 
+    @property
+    def fused(self) -> bool:
+        """Whether SiLU and the product come fused into the matmul (`silu`, `times`)."""
+        return self.packed is not None or self.panels is not None
+
+    def _small(self, x: Tensor, mode: str = "none", other: Tensor | None = None) -> Tensor:
+        if x.dim() == 2:  # a decoding step's rows: no reshapes (they cost more than the matmul)
+            return kernels.small_gemm(x, self.panels, self.out_features, self.bias, mode, other)
+        y = kernels.small_gemm(x.reshape(-1, self.in_features), self.panels, self.out_features,
+                               self.bias, mode, None if other is None else other.reshape(-1, self.out_features))
+        return y.view(*x.shape[:-1], self.out_features)
+
     def __call__(self, x: Tensor) -> Tensor:
+        if self.panels is not None:
+            return self._small(x)
         if self.packed is None:
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def silu(self, x: Tensor) -> Tensor:
         """silu(x W^T + b)."""
+        if self.panels is not None:
+            return self._small(x, "silu")
         if self.packed is None:
             return F.silu(F.linear(x, self.weight, self.bias))
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "swish", [], "")
 
     def add_to(self, h: Tensor, x: Tensor) -> Tensor:
         """h + x W^T + b (a residual connection), h [M, out] contiguous."""
+        if self.panels is not None:
+            return self._small(x, "add", h)
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, h, self.packed, self.bias, "add")
         if self.bias is None:
@@ -133,6 +155,8 @@ class Linear:
 
     def times(self, x: Tensor, other: Tensor) -> Tensor:
         """(x W^T + b) * other, other [M, out] contiguous."""
+        if self.panels is not None:
+            return self._small(x, "mul", other)
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, self.bias, "mul")
         return F.linear(x, self.weight, self.bias) * other

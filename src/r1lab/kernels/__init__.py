@@ -33,7 +33,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(f)
-           for f in ("decode_attention.c", "causal_attention.c", "elementwise.c")]
+           for f in ("decode_attention.c", "causal_attention.c", "elementwise.c", "small_gemm.c")]
 #: -ffast-math lets gcc vectorise expf (glibc's libmvec); it is given to the compile step only,
 #: because linking a shared library with it (gcc < 13) would switch the whole process to
 #: flush-to-zero floats
@@ -146,6 +146,7 @@ def _load() -> None:
         "r1_rms_norm_bwd": [p, p, p, p, p, p, i64, i32],
         "r1_swiglu_fwd": [p, p, p, i64],
         "r1_swiglu_bwd": [p, p, p, p, p, i64],
+        "r1_small_gemm": [p, i64, p, p, i64, i64, i64, i32, p, i64, p, i64],
     }
     for name, args in signatures.items():
         f = getattr(lib, name)
@@ -222,6 +223,82 @@ def _read_cpuinfo() -> str:
         return Path("/proc/cpuinfo").read_text()
     except OSError:
         return ""
+
+
+#: the decoding linears take `small_gemm` at up to this many rows (`gemm_rule`); above it,
+#: oneDNN's kernels are as fast (Zen 4, 2 threads, a decoding step's weights cycling: the kernel
+#: 1.2-1.4x oneDNN at 8-32 rows, 1.0-1.1x at 64-96, 0.95-1.05x at 128-256)
+SMALL_GEMM_ROWS = 64
+#: `small_gemm`'s epilogues
+GEMM_MODES = {"none": 0, "silu": 1, "add": 2, "mul": 3}
+_gemm: tuple[bool, str] | None = None
+
+
+def gemm_rule(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """(whether decoding linears of up to `SMALL_GEMM_ROWS` rows run on `small_gemm` here, why),
+    by a fixed rule on the CPU's flags, never by timing: only with AVX-512F, where its 16
+    accumulators of 16 floats are 16 of the 32 zmm registers (under AVX2 they would be 32 ymm
+    pairs and spill)."""
+    global _gemm
+    if cpuinfo is None and _gemm is not None:
+        return _gemm
+    text = cpuinfo if cpuinfo is not None else _read_cpuinfo()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    rule = ((True, f"AVX-512F: decoding linears of <= {SMALL_GEMM_ROWS} rows on the C kernel")
+            if "avx512f" in flags else
+            (False, "no AVX-512F: decoding linears on oneDNN / MKL"))
+    if cpuinfo is None:
+        _gemm = rule
+    return rule
+
+
+def gemm_supports(weight: Tensor) -> bool:
+    """Whether `small_gemm` takes this weight for few-row products here: float32 on the CPU,
+    the kernels available and `gemm_rule` true."""
+    return supports(weight) and gemm_rule()[0]
+
+
+def pack_panels(weight: Tensor) -> Tensor:
+    """`weight` [N, K] in `small_gemm`'s layout: panels of 32 output columns, [ceil(N/32), K, 32],
+    the last one zero-padded."""
+    N, K = weight.shape
+    padded = torch.nn.functional.pad(weight.detach().float(), (0, 0, 0, -N % 32)).contiguous()
+    return padded.view(-1, 32, K).transpose(1, 2).contiguous()
+
+
+def small_gemm(x: Tensor, panels: Tensor, n_out: int, bias: Tensor | None = None,
+               mode: str = "none", other: Tensor | None = None) -> Tensor:
+    """x [M, K] (unit last stride) times the weight packed by `pack_panels` (N = `n_out`
+    columns), plus bias, then the epilogue `mode`: "none", "silu" (silu(x W^T + b)), "add"
+    (other + x W^T + b) or "mul" ((x W^T + b) * other), other [M, N] with unit last stride.
+    Returns a new [M, N] tensor. Call only when `gemm_supports`; `reference_small_gemm` is
+    the same in torch."""
+    if x.dim() != 2 or x.stride(1) != 1:
+        x = x.reshape(-1, x.shape[-1]).contiguous()
+    M, K = x.shape
+    if panels.shape[1] != K or panels.shape[0] * 32 < n_out:
+        raise ValueError(f"x [{M}, {K}] against panels {tuple(panels.shape)} for {n_out} outputs")
+    code = GEMM_MODES[mode]
+    if (code >= 2) != (other is not None):
+        raise ValueError(f"mode {mode!r} {'needs' if code >= 2 else 'takes no'} `other`")
+    if other is not None and (other.shape != (M, n_out) or other.stride(1) != 1):
+        other = other.reshape(M, n_out).contiguous()
+    bias = None if bias is None else bias.contiguous()
+    y = x.new_empty((M, n_out))
+    _lib.r1_small_gemm(x.data_ptr(), x.stride(0), panels.data_ptr(),
+                       None if bias is None else bias.data_ptr(), M, n_out, K, code,
+                       None if other is None else other.data_ptr(),
+                       0 if other is None else other.stride(0), y.data_ptr(), y.stride(0))
+    return y
+
+
+def reference_small_gemm(x: Tensor, weight: Tensor, bias: Tensor | None = None,
+                         mode: str = "none", other: Tensor | None = None) -> Tensor:
+    """`small_gemm` in torch operations."""
+    y = torch.nn.functional.linear(x, weight, bias)
+    return {"none": lambda: y, "silu": lambda: torch.nn.functional.silu(y),
+            "add": lambda: other + y, "mul": lambda: y * other}[mode]()
 
 
 def reference_decode_attention(qkv: Tensor, cos: Tensor, ssin: Tensor, pos: Tensor,
@@ -443,6 +520,15 @@ def _probe() -> str | None:
                 torch.autograd.grad(got.sum(), (x, w)[: 1 + (fn is rms_norm)]),
                 torch.autograd.grad(want.sum(), (x, w)[: 1 + (fn is rms_norm)]))):
             return f"the gradient of {fn.__name__} differs"
+    x, w, b = (torch.randn(s, generator=g) for s in ((11, 40), (45, 40), (45,)))
+    other = torch.randn((11, 45), generator=g)
+    panels = pack_panels(w)
+    for mode in GEMM_MODES:
+        arg = other if mode in ("add", "mul") else None
+        for bb in (b, None):
+            if not torch.allclose(small_gemm(x, panels, 45, bb, mode, arg),
+                                  reference_small_gemm(x, w, bb, mode, arg), rtol=1e-4, atol=1e-5):
+                return f"small_gemm ({mode}) differs"
     if torch.tensor(1e-40) * 1.0 == 0:  # a library must not switch the process to flush-to-zero
         return "denormal floats are flushed after loading the kernels"
     return None

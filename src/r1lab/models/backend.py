@@ -1,7 +1,8 @@
 """The ops backend of a run, chosen once when the model loads: typed config in, a record out.
 
 The model arithmetic (`r1lab.models.ops`) runs on torch, or on CPU in float32 on r1lab's C
-kernels (`r1lab.kernels`) and oneDNN's linears (`r1lab.onednn`). Which of them runs, and whether
+kernels (`r1lab.kernels`: attention, RMSNorm, SwiGLU, and the decoding linears of few rows)
+and oneDNN's linears (`r1lab.onednn`). Which of them runs, and whether
 the training linears' weight gradient goes through MKL or oneDNN, is the run's `backend` config
 section (`r1lab.config.BackendConfig`). `resolve(cfg)`:
 
@@ -73,8 +74,8 @@ def resolve(cfg: RunConfig) -> dict[str, Any]:
                           f"{kernels.why_unavailable()}")
     by["kernels"] = f"{src}: {want}" + ("" if want != "auto" else
                                         " -> built and probed" if ok else f" -> {kernels.why_unavailable()}")
-    if ok:  # which of them: the packed training attention by the CPU's flags
-        by["kernels"] += f"; {kernels.causal_rule()[1]}"
+    if ok:  # which of them: the packed training attention and few-row decoding linears, by flags
+        by["kernels"] += f"; {kernels.causal_rule()[1]}; {kernels.gemm_rule()[1]}"
     kernels.set_deterministic(deterministic)
 
     want, src = requested("onednn", b.onednn)

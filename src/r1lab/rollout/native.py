@@ -47,8 +47,9 @@ class _Layer:
 
     In float32 the RMSNorm weight that precedes a projection is folded into its columns
     (W diag(g) x = W (g * x)), so a norm is 5 elementwise operations on [A, d] and no more.
-    On CPU (oneDNN, see `r1lab.onednn`) gate and up stay two matmuls, SiLU fused into the
-    first and the product into the second; elsewhere they are one matmul, then SiLU and a product.
+    On CPU (oneDNN or, at few rows, the C kernel: see `r1lab.onednn.Linear`) gate and up stay
+    two matmuls, SiLU fused into the first and the product into the second; elsewhere they are
+    one matmul, then SiLU and a product.
     """
 
     def __init__(self, layer: nn.Module, rows: int, matmul_dtype: torch.dtype | None = None) -> None:
@@ -65,7 +66,7 @@ class _Layer:
         self.o = lin(a.o_proj.weight, a.o_proj.bias, rows)
         self.down = lin(m.down_proj.weight, m.down_proj.bias, rows)
         self.gate = lin(gate_w, m.gate_proj.bias, rows)
-        if self.gate.packed is not None:
+        if self.gate.fused:
             self.up, self.gu = lin(up_w, m.up_proj.bias, rows), None
         else:
             gu_b = None if m.gate_proj.bias is None and m.up_proj.bias is None else torch.cat(
@@ -100,7 +101,8 @@ class CastLinear:
     core: 11.4 ms with `F.linear` in bf16, 9.6 ms packed (19.7 ms in float32, packed).
     """
 
-    packed = None  # no fused SiLU/product forms: gate and up are one matmul (`_Layer`)
+    packed = None
+    fused = False  # no fused SiLU/product forms: gate and up are one matmul (`_Layer`)
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, rows: int = 64,
                  dtype: torch.dtype = torch.bfloat16) -> None:
