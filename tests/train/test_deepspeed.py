@@ -116,6 +116,7 @@ def test_zero_train_grpo_matches_one_process(runs, name):
     assert far_fraction(tmp / "one" / "final", tmp / name / "final") < 0.01
     start = weights(tmp / name / "checkpoints" / "step-2")
     assert max((start[k] - weights(tmp / name / "final")[k]).abs().max() for k in start) > 1e-3
+    assert (zero[0]["distributed/strategy"], zero[0]["distributed/world_size"]) == ("deepspeed", 2)
 
 
 def test_zero3_checkpoint_is_a_plain_transformers_model(runs):

@@ -100,6 +100,11 @@ def test_torchrun_two_ranks_match_one_process(runs):
     assert [m["loss"] for m in two_m] == pytest.approx([m["loss"] for m in one], abs=1e-5)
     assert [m["reward"] for m in two_m] == [m["reward"] for m in one]  # the same completions
     assert all(m["memory/peak_rss_mb"] > 0 for m in two_m)
+    # the strategy each ran under, recorded once with the run (and said on rank 0's console)
+    assert (one[0]["distributed/strategy"], one[0]["distributed/world_size"]) == ("none", 1)
+    assert (two_m[0]["distributed/strategy"], two_m[0]["distributed/world_size"]) == ("ddp", 2)
+    assert "distributed/strategy" not in two_m[1]
+    assert "2 processes: train.strategy auto -> ddp" in two.stdout
 
 
 def test_killed_rank_stops_the_run_and_resume_ends_equal(runs):

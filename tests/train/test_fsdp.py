@@ -56,6 +56,7 @@ def test_fsdp2_train_grpo_matches_one_process(runs):
     # the sampler's replica was refreshed after every update: the probe saw the trained policy
     assert all(m["rollout/mismatch_kl"] < 1e-6 for m in two)
     assert (tmp / "fsdp2" / "eval.json").exists()
+    assert (two[0]["distributed/strategy"], two[0]["distributed/world_size"]) == ("fsdp2", 2)
 
 
 def test_fsdp2_checkpoint_is_a_plain_transformers_model(runs):

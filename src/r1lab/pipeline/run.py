@@ -19,7 +19,7 @@ from r1lab.models import load_policy
 from r1lab.train.checkpoint import resolve_resume
 from r1lab.train.common import seed_everything
 from r1lab.train.deepspeed_engine import full_weights, policy_of
-from r1lab.train.distributed import World, offload_requested, prepare_policy
+from r1lab.train.distributed import World, offload_requested, prepare_policy, resolve_strategy
 from r1lab.train.grpo import build_trainer  # GRPO, or PPO when the config has a critic
 from r1lab.train.memory import enable_gradient_checkpointing
 
@@ -63,6 +63,9 @@ def run_grpo(cfg: RunConfig, out_dir: str | Path, console: Console | None = None
                    offload=offload_requested(cfg.train.offload), zero_stage=cfg.train.zero_stage,
                    deepspeed_config=cfg.train.deepspeed_config,
                    replica=True)  # fsdp2: an unsharded copy samples and evaluates
+    if world.size > 1 and world.is_main:
+        console.print(f"{world.size} processes: train.strategy {cfg.train.strategy} -> "
+                      f"{resolve_strategy(cfg.train.strategy, world)}", highlight=False)
     check_tokenizer(tokenizer, model, cfg)
     check_context(train_rows, tokenizer, model, cfg)  # prompt + max_new_tokens fit the model
     out.mkdir(parents=True, exist_ok=True)

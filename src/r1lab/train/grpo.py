@@ -70,6 +70,7 @@ class GRPOTrainer:
         rewards = RewardComposer(components=cfg.rewards.components, workers=cfg.rewards.workers,
                                  timeout_s=cfg.rewards.timeout_s)
         self.fsdp = fsdp_engine.policy_of(model)  # train.strategy fsdp2: sharded + a replica
+        self.strategy = _strategy(model, self.fsdp, self.world)
         # what samples, evaluates and is copied as the reference: the policy, or its replica
         self.rollout_model = model if self.fsdp is None else self.fsdp.replica
         if self.fsdp is not None:
@@ -232,8 +233,9 @@ class GRPOTrainer:
                 m = self.step()
                 m.update({k: float(self.world.max(v)) for k, v in peak_memory().items()})
                 self._count_skips(m)
-                if self.step_count == 1:  # the resolved backends, recorded with the run
+                if self.step_count == 1:  # the resolved backends and strategy, recorded with the run
                     m.update({f"backend/{k}": v for k, v in _backend(self.cfg).items()})
+                    m.update({"distributed/strategy": self.strategy, "distributed/world_size": self.world.size})
                 if every and self.step_count % every == 0:
                     with full_weights(self.model):  # ZeRO-3: every rank gathers, rank 0 evaluates
                         if self.world.is_main:
@@ -411,6 +413,15 @@ def _check_fsdp(cfg: RunConfig, model, world: World) -> None:
     if cfg.train.batch_size < world.size:
         raise ConfigError(f"train.strategy: fsdp2 needs a group on every rank: train.batch_size="
                           f"{cfg.train.batch_size} prompts over {world.size} processes")
+
+
+def _strategy(model: Any, fsdp: Any, world: World) -> str:
+    """The strategy the policy is held under (`r1lab.train.distributed.resolve_strategy`)."""
+    if fsdp is not None:
+        return "fsdp2"
+    if policy_of(model) is not None:
+        return "deepspeed"
+    return "ddp" if world.size > 1 else "none"
 
 
 def _backend(cfg: RunConfig) -> dict[str, Any]:
