@@ -372,7 +372,7 @@ class _OneDNNLinear(torch.autograd.Function):
             if torch.is_grad_enabled():  # create_graph (double backward): torch ops record it
                 gx = g @ w
             else:
-                gx = torch.ops.mkldnn._linear_pointwise(g, w.t().contiguous(), None, "none", [], "")
+                gx = torch.ops.mkldnn._linear_pointwise(g, w.t(), None, "none", [], "")  # a view: no copy
         want_gb = ctx.flags[0] and ctx.needs_input_grad[2]
         if ctx.needs_input_grad[1] and not torch.is_grad_enabled() and weight_grad_by_onednn():
             gw, gb = _weight_grad(g, x, w, want_gb)

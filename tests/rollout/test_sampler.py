@@ -161,9 +161,8 @@ def test_native_refuses_what_it_does_not_reproduce(tokenizer):
 def test_rounded_batch_sizes_change_nothing(tokenizer, monkeypatch):
     """With oneDNN the decoder shrinks its batch only to rounded sizes (kernel cache), keeping
     some finished rows: samples, logprobs and lengths must be those of exact shrinking."""
-    from r1lab.rollout.native import NativeDecoder
-
     from r1lab import kernels
+    from r1lab.rollout.native import NativeDecoder
 
     monkeypatch.setattr(onednn, "MIN_PACKED_WEIGHT", 1)
     # oneDNN's path: 48 rows would take the few-row C kernel, which builds no kernel per batch

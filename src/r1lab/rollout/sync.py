@@ -38,7 +38,8 @@ class RolloutMismatchWarning(UserWarning):
 
 class MismatchProbe:
     """`probe(model, rollout)` -> {"rollout/mismatch_kl", "rollout/mismatch_max"} over the
-    first `completions` completions of the batch (all of their tokens)."""
+    first `completions` completions of the batch (all of their tokens); `probe.compare(train,
+    engine, mask)` the same from log-probs already computed."""
 
     def __init__(self, completions: int = 4, warn_kl: float = 1e-3, temperature: float = 1.0,
                  pad_id: int = 0, logprobs_fn: Callable | None = None) -> None:
@@ -64,7 +65,14 @@ class MismatchProbe:
         model.eval()
         train = fn(model, ids[:n], attn[:n], pos[:n], L, self.temperature)  # [n, T]
         model.train(was_training)
-        engine, mask = rollout.logprobs[:n].float(), rollout.completion_mask[:n]  # [n, T]
+        return self.compare(train, rollout.logprobs[:n], rollout.completion_mask[:n])
+
+    def compare(self, train: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """The metrics (and the warning) from the trainer's log-probs `train` [n, T] of sampled
+        tokens against the engine's `engine` [n, T], over `mask` [n, T]: what `__call__` does
+        after its forward, and what the step does with log-probs the update's first forward
+        computed at the sampling weights (the same numbers, without a forward of its own)."""
+        engine = engine.float()
         kl = float(mismatch_kl(train.float(), engine, mask))
         diff = float(((train.float() - engine).abs() * mask).max()) if mask.any() else 0.0
         if kl > self.warn_kl:

@@ -165,8 +165,6 @@ class GRPOTrainer:
         with full_weights(self.model):  # ZeRO-3: whole weights while ranks forward unequally
             drawn = self.sampling(self.step_count)  # 1-2. B x G completions, scored
             seconds.update(drawn.seconds)
-            with _timed(seconds, "probe"):  # the engine's log-probs against the trainer's
-                probe = self.probe(self.model, drawn.batch.rollout) if self.probe else {}
             tokens = TokenBatch.from_rollout(drawn.batch.rollout, self.engine.pad_id, alg.mask_truncated)
             with _timed(seconds, "reference"):  # the frozen reference policy, when beta > 0
                 ref_logp = self.forward.reference(self.ref_model, tokens) if self.ref_model else None
@@ -178,9 +176,19 @@ class GRPOTrainer:
             # the entropy of the policy that sampled, before it moves
             entropy = policy_entropy(drawn.batch, tokens, self.rollout_model,
                                      cfg.rollout.temperature, self.world)
+            # the engine's log-probs against the trainer's: from the update's first forwards
+            # (at the weights the engine sampled with) where they can serve, else a forward here
+            folded = self.probe is not None and self.updater.can_probe(tokens, adv)
+            with _timed(seconds, "probe"):
+                probe = self.probe(self.model, drawn.batch.rollout) if self.probe and not folded else {}
         with _timed(seconds, "update"):  # 4. clipped policy loss, optimiser step(s)
-            update = self.update(tokens, adv, drawn.batch.rollout.logprobs)
+            update = self.update(tokens, adv, drawn.batch.rollout.logprobs,
+                                 self.probe.completions if folded else 0)
             critic = self.critic.update(tokens, adv.rewards, values) if self.critic else {}
+        if folded and self.updater.probed:
+            idx = torch.cat([r for r, _ in self.updater.probed])
+            train = torch.cat([lp for _, lp in self.updater.probed])
+            probe = self.probe.compare(train, drawn.batch.rollout.logprobs[idx], tokens.mask[idx])
         getattr(self.engine, "policy_updated", lambda: None)()  # e.g. vLLM reloads the weights
         self.step_count += 1
         seconds["step"] = time.perf_counter() - t0

@@ -19,6 +19,7 @@ completions that were computed).
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import partial
 from typing import Any
@@ -79,7 +80,11 @@ class PolicyUpdate:
         # ZeRO and FSDP2 run collectives inside every forward/backward: as many on every rank
         self.lockstep = self.ds is not None or self.fsdp is not None
 
-    def __call__(self, tokens: TokenBatch, adv: Advantages, sampler_logp: torch.Tensor) -> dict[str, float]:
+    def __call__(self, tokens: TokenBatch, adv: Advantages, sampler_logp: torch.Tensor,
+                 probe_rows: int = 0) -> dict[str, float]:
+        """The optimiser step(s). `probe_rows`: keep the detached log-probs of that many
+        completions from the first step's forwards (`self.probed`: the weights the engine
+        sampled with), for the weight-sync probe."""
         cfg, alg = self.cfg.algorithm, self.alg
         mask, advantages, ref_logp = tokens.train_mask, adv.advantages, adv.ref_logp  # [N, T]
         lo, total = self._place(len(tokens))  # my completions are global rows lo .. lo+N-1
@@ -87,15 +92,13 @@ class PolicyUpdate:
         starts = [j for _ in range(cfg.num_iterations) for j in range(0, total, mini)]  # one step each
         summed: dict[str, float] = {}  # summed over ranks at the end
         grad_norms, skipped, total_loss = [], 0, 0.0
+        self.probed: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows [n], logp [n, T])
         self.model.train()
-        for j in starts:
-            a = max(j, lo) - lo  # this mini-batch's rows on this rank: local a .. b-1
-            b = max(min(j + mini, total, lo + len(tokens)) - lo, a)
+        for step_i, j in enumerate(starts):
+            a, b, rows = self._rows(j, mini, lo, total, tokens, advantages)  # local a .. b-1
             num_tokens = self.world.sum(mask[a:b].sum()).clamp(min=1).to(mask.dtype)  # global
             num_seqs = float(min(j + mini, total) - j)
-            rows = torch.arange(a, b, device=mask.device)
             if self.skip_inert:
-                rows = rows[(advantages[a:b] * mask[a:b]).ne(0).any(-1)]
                 summed["skipped_rows"] = summed.get("skipped_rows", 0.0) + (b - a - len(rows))
             if self.ds is None:  # (DeepSpeed clears its gradients in its step)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -110,6 +113,9 @@ class PolicyUpdate:
                     continue
                 m = mask[idx]  # [n, T]
                 logp = self.forward.logprobs(self.model, tokens, idx)  # [n, T]
+                kept = sum(len(r) for r, _ in self.probed)
+                if step_i == 0 and kept < probe_rows:
+                    self.probed.append((idx[:probe_rows - kept], logp[:probe_rows - kept].detach()))
                 old = logp.detach() if len(starts) == 1 else sampler_logp[idx]
                 per_token, lm = alg.loss(logp=logp, old_logp=old, advantages=advantages[idx], mask=m)
                 if self.correction is not None:  # pi_train_old / pi_rollout, truncated or masked
@@ -157,6 +163,40 @@ class PolicyUpdate:
         if skipped:
             out["skipped_updates"] = skipped
         return out
+
+    def _rows(self, j: int, mini: int, lo: int, total: int, tokens: TokenBatch,
+              advantages: torch.Tensor) -> tuple[int, int, torch.Tensor]:
+        """The mini-batch of global rows j .. j+mini-1 on this rank: its local range a .. b-1,
+        and the rows of it that are computed (the inert ones left out)."""
+        mask = tokens.train_mask
+        a = max(j, lo) - lo
+        b = max(min(j + mini, total, lo + len(tokens)) - lo, a)
+        rows = torch.arange(a, b, device=mask.device)
+        if self.skip_inert:
+            rows = rows[(advantages[a:b] * mask[a:b]).ne(0).any(-1)]
+        return a, b, rows
+
+    def can_probe(self, tokens: TokenBatch, adv: Advantages) -> bool:
+        """Whether the first optimiser step's forwards can serve the weight-sync probe: they
+        compute at least one completion on this rank, a training-mode forward is deterministic
+        (no dropout), and no strategy runs collectives in the forward (a separate probe forward
+        would then have to run on every rank alike)."""
+        if self.lockstep or self.dropout:
+            return False
+        lo, total = self._place(len(tokens))
+        mini = self.cfg.algorithm.mini_batch_size or total
+        return len(self._rows(0, mini, lo, total, tokens, adv.advantages)[2]) > 0
+
+    @functools.cached_property
+    def dropout(self) -> bool:
+        """Whether the model's training-mode forward is random (a dropout module or a config
+        dropout rate above 0), so that it differs from an eval-mode forward."""
+        if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.model.modules()):
+            return True
+        config = getattr(self.model, "config", None)
+        rates = config.to_dict() if hasattr(config, "to_dict") else {}
+        return any(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                   for k, v in rates.items() if "dropout" in k or "pdrop" in k)
 
     def _idle_loss(self, tokens: TokenBatch) -> torch.Tensor:
         """Zero, through a real forward of this rank's first completion (the same modules, in
