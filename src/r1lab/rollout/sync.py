@@ -6,9 +6,11 @@ optimiser step. Peers have shipped bugs where that sync silently did nothing (wr
 names, a stale prefix cache, a missed LoRA merge), and the run goes on, off-policy, looking
 fine. So after every sync r1lab checks it, engine-agnostically:
 
-`MismatchProbe`: the trainer recomputes the log-probs of a few completions the engine just
-sampled and compares them with the engine's own (`RolloutBatch.logprobs`, which every engine
-returns): `rollout/mismatch_kl` (k3 estimate of KL(pi_rollout || pi_train), ~1e-7 in fp32 when
+`MismatchProbe`: the trainer's log-probs of a few completions the engine just sampled, at
+the weights it sampled with, against the engine's own (the GRPO step takes them from the
+update's first forward, which computes them anyway; a model with dropout, or a strategy with
+collectives in the forward, gets a probe forward of its own; the engine's are
+`RolloutBatch.logprobs`, which every engine returns): `rollout/mismatch_kl` (k3 estimate of KL(pi_rollout || pi_train), ~1e-7 in fp32 when
 in sync, ~1e-3 between a bf16 engine and an fp32 trainer, far more for stale weights) and
 `rollout/mismatch_max` (the largest |log-prob difference|). Past `warn_kl` it warns loudly
 (a `RolloutMismatchWarning` and a red line on stderr) on every step it stays there.
