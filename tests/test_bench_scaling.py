@@ -56,10 +56,28 @@ def test_dry_run_prints_the_json_line_last():
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert set(out) == {"points", "min_step_speedup"}
+    assert set(out) == {"precision", "points", "min_step_speedup"} and out["precision"] == "fp32"
     (point,) = out["points"]
     assert set(point) == {"params", "new_tokens", "step_speedup", "r1lab_peak_mb", "trl_peak_mb"}
     assert point["new_tokens"] == 8 and point["params"] == 89216  # the tiny Qwen2, 8 tokens
     for key in ("step_speedup", "r1lab_peak_mb", "trl_peak_mb"):
         assert math.isfinite(point[key]) and point[key] > 0
     assert out["min_step_speedup"] == point["step_speedup"]
+
+
+def test_step_split_prints_each_stage_per_step():
+    """benchmarks/step_split.py on the tiny Qwen2: a row per stage, a column per step, and the
+    stages inside the step (generate + reference + update <= step <= wall)."""
+    script = BENCH.with_name("step_split.py")
+    res = subprocess.run([sys.executable, str(script), "tiny", "8", "--steps", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("machine: ")
+    rows = {ln.split()[0]: [float(v) for v in ln.split()[1:]] for ln in lines[2:]}
+    assert {"generate_s", "probe_s", "reference_s", "update_s", "step_s", "wall_s"} <= set(rows)
+    assert all(len(v) == 2 for v in rows.values())
+    for i in range(2):
+        parts = rows["generate_s"][i] + rows["reference_s"][i] + rows["update_s"][i]
+        assert 0 < parts <= rows["step_s"][i] <= rows["wall_s"][i]
+    assert rows["probe_s"] == [0.0, 0.0]  # served by the update's forward: no forward of its own

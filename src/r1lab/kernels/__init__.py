@@ -263,8 +263,14 @@ def pack_panels(weight: Tensor) -> Tensor:
     """`weight` [N, K] in `small_gemm`'s layout: panels of 32 output columns, [ceil(N/32), K, 32],
     the last one zero-padded."""
     N, K = weight.shape
-    padded = torch.nn.functional.pad(weight.detach().float(), (0, 0, 0, -N % 32)).contiguous()
-    return padded.view(-1, 32, K).transpose(1, 2).contiguous()
+    w = weight.detach().float()
+    full, rest = divmod(N, 32)
+    panels = w.new_empty((full + (rest > 0), K, 32))
+    panels[:full] = w[:full * 32].reshape(full, 32, K).transpose(1, 2)  # one strided copy
+    if rest:
+        panels[full].zero_()
+        panels[full, :, :rest] = w[full * 32:].t()
+    return panels
 
 
 def small_gemm(x: Tensor, panels: Tensor, n_out: int, bias: Tensor | None = None,
