@@ -19,9 +19,8 @@ completions that were computed).
 
 from __future__ import annotations
 
-import functools
 import math
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 import torch
@@ -187,7 +186,7 @@ class PolicyUpdate:
         mini = self.cfg.algorithm.mini_batch_size or total
         return len(self._rows(0, mini, lo, total, tokens, adv.advantages)[2]) > 0
 
-    @functools.cached_property
+    @cached_property
     def dropout(self) -> bool:
         """Whether the model's training-mode forward is random (a dropout module or a config
         dropout rate above 0), so that it differs from an eval-mode forward."""
